@@ -1,0 +1,95 @@
+//! Kernel command line: `ferry.*` options. Unknown or absurd values are reported, never fatal.
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Cmdline {
+    pub hostname: Option<String>,
+    pub disk: Option<String>,
+    pub autologin: bool,
+    /// Bench mode: power off as soon as PID 1 starts (measures the kernel alone).
+    pub bench_poweroff: bool,
+    pub rescue: bool,
+    /// Problems found while parsing, printed by init on the console.
+    pub warnings: Vec<String>,
+}
+
+/// A hostname per RFC 1123: 1..=63 chars of [a-z0-9-], not starting or ending with '-'.
+pub fn valid_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+impl Cmdline {
+    pub fn parse(text: &str) -> Cmdline {
+        let mut c = Cmdline { autologin: true, ..Default::default() };
+        for word in text.split_whitespace() {
+            let (key, value) = match word.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (word, None),
+            };
+            match (key, value) {
+                ("ferry.hostname", Some(v)) => {
+                    if valid_hostname(v) {
+                        c.hostname = Some(v.to_ascii_lowercase());
+                    } else {
+                        c.warnings.push(format!(
+                            "ignoring ferry.hostname={v:?}: use 1-63 letters, digits or '-'"
+                        ));
+                    }
+                }
+                ("ferry.disk", Some(v)) => {
+                    if v.starts_with("/dev/") && v.len() < 64 && !v.contains("..") {
+                        c.disk = Some(v.to_string());
+                    } else {
+                        c.warnings.push(format!("ignoring ferry.disk={v:?}: expected /dev/NAME"));
+                    }
+                }
+                ("ferry.autologin", Some(v)) => match v {
+                    "0" | "no" | "off" => c.autologin = false,
+                    "1" | "yes" | "on" => c.autologin = true,
+                    _ => c.warnings.push(format!("ignoring ferry.autologin={v:?}: use 0 or 1")),
+                },
+                ("ferry.bench", Some("poweroff")) => c.bench_poweroff = true,
+                ("ferry.rescue", None) => c.rescue = true,
+                (k, _) if k.starts_with("ferry.") => {
+                    c.warnings.push(format!("unknown kernel option {word:?}"))
+                }
+                _ => {}
+            }
+        }
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_known_options_and_rejects_absurd_values() {
+        let c = Cmdline::parse("console=ttyS0 ferry.hostname=Box1 ferry.disk=/dev/vdb ferry.autologin=0");
+        assert_eq!(c.hostname.as_deref(), Some("box1"));
+        assert_eq!(c.disk.as_deref(), Some("/dev/vdb"));
+        assert!(!c.autologin);
+        assert!(c.warnings.is_empty());
+
+        let long = "x".repeat(300);
+        let c = Cmdline::parse(&format!("ferry.hostname={long} ferry.disk=../etc ferry.bogus=1"));
+        assert_eq!(c.hostname, None);
+        assert_eq!(c.disk, None);
+        assert_eq!(c.warnings.len(), 3);
+        assert!(c.autologin);
+    }
+
+    #[test]
+    fn hostname_rules() {
+        assert!(valid_hostname("ferry"));
+        assert!(valid_hostname("a-b-9"));
+        assert!(!valid_hostname("-a"));
+        assert!(!valid_hostname("a_b"));
+        assert!(!valid_hostname(""));
+        assert!(!valid_hostname("a.b"));
+    }
+}
