@@ -1,0 +1,30 @@
+//! Clock floor: the kernel sets the time from the RTC (RTC_HCTOSYS); if that is before the image was
+//! built, the clock is certainly wrong (certificates would be born expired), so raise it to the build time.
+use crate::error::{Error, Result};
+
+pub const BUILD_EPOCH_FILE: &str = "/etc/ferry/build-epoch";
+
+pub fn build_epoch() -> Option<i64> {
+    std::fs::read_to_string(BUILD_EPOCH_FILE).ok()?.trim().parse().ok()
+}
+
+/// Returns a note describing what was done.
+pub fn apply_floor() -> Result<String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let Some(floor) = build_epoch() else {
+        return Ok(format!("no {BUILD_EPOCH_FILE}; clock left at {now}"));
+    };
+    if now >= floor {
+        return Ok(format!("clock {now} (RTC), build floor {floor}"));
+    }
+    let ts = libc::timespec { tv_sec: floor, tv_nsec: 0 };
+    // SAFETY: valid timespec pointer.
+    if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
+        return Err(Error::last_os("set the clock to the build time"));
+    }
+    crate::log::warn(&format!("clock {now} was before the build time {floor}; raised to it"));
+    Ok(format!("clock raised to build floor {floor}"))
+}

@@ -1,0 +1,43 @@
+//! The mount tables, as data. Stage A mounts EARLY in the initramfs; stage B completes the set after the
+//! root switch (proc, sys and dev are moved across, not remounted).
+use crate::error::Result;
+use crate::sys;
+
+pub struct MountSpec {
+    pub source: &'static str,
+    pub target: &'static str,
+    pub fstype: &'static str,
+    pub flags: libc::c_ulong,
+    pub data: &'static str,
+}
+
+const NOSUID_NODEV_NOEXEC: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+
+pub const EARLY: &[MountSpec] = &[
+    MountSpec { source: "proc", target: "/proc", fstype: "proc", flags: NOSUID_NODEV_NOEXEC, data: "" },
+    MountSpec { source: "sysfs", target: "/sys", fstype: "sysfs", flags: NOSUID_NODEV_NOEXEC, data: "" },
+    MountSpec { source: "devtmpfs", target: "/dev", fstype: "devtmpfs", flags: libc::MS_NOSUID, data: "mode=0755" },
+];
+
+pub const STAGE_B: &[MountSpec] = &[
+    MountSpec { source: "devpts", target: "/dev/pts", fstype: "devpts", flags: libc::MS_NOSUID | libc::MS_NOEXEC, data: "gid=5,mode=0620,ptmxmode=0666" },
+    MountSpec { source: "shm", target: "/dev/shm", fstype: "tmpfs", flags: libc::MS_NOSUID | libc::MS_NODEV, data: "mode=1777" },
+    MountSpec { source: "mqueue", target: "/dev/mqueue", fstype: "mqueue", flags: NOSUID_NODEV_NOEXEC, data: "" },
+    MountSpec { source: "run", target: "/run", fstype: "tmpfs", flags: libc::MS_NOSUID | libc::MS_NODEV, data: "mode=0755" },
+    MountSpec { source: "tmp", target: "/tmp", fstype: "tmpfs", flags: libc::MS_NOSUID | libc::MS_NODEV, data: "mode=1777" },
+    MountSpec { source: "cgroup2", target: "/sys/fs/cgroup", fstype: "cgroup2", flags: NOSUID_NODEV_NOEXEC, data: "nsdelegate" },
+    MountSpec { source: "securityfs", target: "/sys/kernel/security", fstype: "securityfs", flags: NOSUID_NODEV_NOEXEC, data: "" },
+];
+
+/// Mount every entry that is not mounted yet. The first failure stops the phase (an appliance without /run
+/// or cgroups is not one we can start the engine on).
+pub fn mount_all(table: &[MountSpec]) -> Result<()> {
+    for m in table {
+        if sys::is_mountpoint(m.target) {
+            continue;
+        }
+        sys::mkdir_p(m.target, 0o755)?;
+        sys::mount(m.source, m.target, m.fstype, m.flags, m.data)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,40 @@
+//! Last resort: a shell on the console. PID 1 keeps respawning it; it never exits itself.
+use crate::log;
+
+pub fn shell_forever(why: &str) -> ! {
+    log::line(&format!("FATAL: {why}"));
+    log::line("dropping to a rescue shell on the console (exit to get a new one)");
+    loop {
+        let sh = ["/bin/sh", "/bin/busybox"].into_iter().find(|p| std::path::Path::new(p).exists());
+        match sh {
+            Some(sh) => {
+                let mut cmd = std::process::Command::new(sh);
+                if sh.ends_with("busybox") {
+                    cmd.arg("sh");
+                }
+                match cmd.spawn() {
+                    Ok(child) => {
+                        let pid = child.id() as libc::pid_t;
+                        // Reap everything until the shell itself exits.
+                        loop {
+                            let mut st = 0;
+                            // SAFETY: waitpid with a valid status pointer.
+                            let r = unsafe { libc::waitpid(-1, &mut st, 0) };
+                            if r == pid || r < 0 {
+                                break;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        log::line(&format!("cannot start {sh}: {e}"));
+                        std::thread::sleep(std::time::Duration::from_secs(10));
+                    }
+                }
+            }
+            None => {
+                log::line("no shell available; idling");
+                std::thread::sleep(std::time::Duration::from_secs(60));
+            }
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Stage A (runs from the initramfs): attach the compressed rootfs image read-only, put a tmpfs overlay on
+//! top, move the API filesystems across, free the initramfs, switch root and exec stage B.
+//! runc's pivot_root needs a real mount as `/`; this gives it one without DOCKER_RAMDISK.
+use crate::error::{Context, Error, Result};
+use crate::{kmod, log, mounts, sys};
+use std::os::fd::AsRawFd;
+
+pub const IMAGE: &str = "/rootfs.squashfs";
+pub const MARKER: &str = "/ferry-initramfs";
+const EARLY_MODULES: &[&str] = &["loop", "squashfs", "overlay"];
+
+const LOOP_SET_FD: libc::c_ulong = 0x4C00;
+const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+
+/// Is this process running from Ferry's initramfs?
+pub fn in_initramfs() -> bool {
+    std::path::Path::new(MARKER).exists()
+}
+
+pub fn early_mounts() -> Result<()> {
+    mounts::mount_all(mounts::EARLY)
+}
+
+pub fn load_early_modules() -> Result<()> {
+    let db = kmod::ModDb::running()?;
+    for m in EARLY_MODULES {
+        db.insert(m, "")?;
+    }
+    Ok(())
+}
+
+fn attach_loop(image: &str) -> Result<String> {
+    let ctl = std::fs::OpenOptions::new().read(true).write(true).open("/dev/loop-control").ctx(|| "open /dev/loop-control".into())?;
+    // SAFETY: ioctl without memory arguments.
+    let n = unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE) };
+    if n < 0 {
+        return Err(Error::last_os("find a free loop device"));
+    }
+    let dev = format!("/dev/loop{n}");
+    let backing = std::fs::File::open(image).ctx(|| format!("open {image}"))?;
+    // devtmpfs creates the node asynchronously; give it a moment.
+    let mut tries = 0;
+    let loopdev = loop {
+        match std::fs::OpenOptions::new().read(true).open(&dev) {
+            Ok(f) => break f,
+            Err(e) if tries < 50 => {
+                let _ = e;
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(Error::io(format!("open {dev}"), e)),
+        }
+    };
+    // A read-only backing fd makes a read-only loop device.
+    // SAFETY: both fds are valid for the duration of the call.
+    if unsafe { libc::ioctl(loopdev.as_raw_fd(), LOOP_SET_FD, backing.as_raw_fd()) } != 0 {
+        return Err(Error::last_os(format!("attach {image} to {dev}")));
+    }
+    Ok(dev)
+}
+
+pub fn build_newroot() -> Result<()> {
+    let dev = attach_loop(IMAGE)?;
+    for d in ["/lower", "/rw", "/newroot"] {
+        sys::mkdir_p(d, 0o755)?;
+    }
+    sys::mount(&dev, "/lower", "squashfs", libc::MS_RDONLY, "")?;
+    sys::mount("rw", "/rw", "tmpfs", 0, "mode=0755")?;
+    sys::mkdir_p("/rw/upper", 0o755)?;
+    sys::mkdir_p("/rw/work", 0o755)?;
+    sys::mount("overlay", "/newroot", "overlay", 0, "lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work")?;
+    // Keep the layers reachable (read-only image, RAM layer) for inspection after the switch.
+    for (from, to) in [("/lower", "/newroot/run/ferry/image"), ("/rw", "/newroot/run/ferry/rw")] {
+        sys::mkdir_p(to, 0o755)?;
+        sys::mount(from, to, "", libc::MS_MOVE, "")?;
+    }
+    for m in mounts::EARLY {
+        let to = format!("/newroot{}", m.target);
+        sys::mkdir_p(&to, 0o755)?;
+        sys::mount(m.target, &to, "", libc::MS_MOVE, "")?;
+    }
+    Ok(())
+}
+
+/// Delete everything on the initramfs (it stays in RAM otherwise), except the mount point we move to.
+fn free_initramfs() {
+    fn wipe(dir: &std::path::Path, root_dev: u64) {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for e in entries.flatten() {
+            let p = e.path();
+            let Ok(md) = std::fs::symlink_metadata(&p) else { continue };
+            if md.dev() != root_dev || p == std::path::Path::new("/newroot") {
+                continue;
+            }
+            if md.is_dir() {
+                wipe(&p, root_dev);
+                let _ = std::fs::remove_dir(&p);
+            } else {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+    }
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(md) = std::fs::metadata("/") {
+        wipe(std::path::Path::new("/"), md.dev());
+    }
+}
+
+/// Move /newroot onto /, chroot into it, and exec stage B. Only returns on failure.
+pub fn switch_and_exec() -> Error {
+    free_initramfs();
+    let r = (|| -> Result<()> {
+        std::env::set_current_dir("/newroot").ctx(|| "chdir /newroot".into())?;
+        sys::mount(".", "/", "", libc::MS_MOVE, "")?;
+        let dot = sys::cstr(".")?;
+        // SAFETY: valid C string.
+        if unsafe { libc::chroot(dot.as_ptr()) } != 0 {
+            return Err(Error::last_os("chroot into the new root"));
+        }
+        std::env::set_current_dir("/").ctx(|| "chdir /".into())?;
+        Ok(())
+    })();
+    if let Err(e) = r {
+        return e;
+    }
+    log::line("[root] switched to the read-only image with a RAM overlay");
+    use std::os::unix::process::CommandExt;
+    let err = std::process::Command::new("/sbin/init").arg0("init").exec();
+    Error::io("exec /sbin/init in the new root", err)
+}
