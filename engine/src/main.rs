@@ -1,1 +1,267 @@
-fn main(){}
+//! `ferry-engine serve` (run by init) and `ferry-engine ctl start|stop|restart|status` (run by
+//! /etc/init.d/docker).
+use ferry_engine::control::{self, Command, Reply};
+use ferry_engine::dockerd::{self, Dockerd};
+use ferry_engine::{frontdoor, material};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::Mutex;
+
+const TLS_DIR: &str = "/var/lib/boot2docker/tls";
+const CLIENT_DIR: &str = "/home/docker/.docker";
+const BUILD_EPOCH: &str = "/etc/ferry/build-epoch";
+const PORT: u16 = 2376;
+
+fn log(msg: &str) {
+    println!("ferry-engine: {msg}");
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ferry-engine: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = match args.first().map(String::as_str) {
+        Some("serve") => rt.block_on(serve()),
+        Some("ctl") => match args.get(1).and_then(|c| Command::parse(c)) {
+            Some(cmd) => rt.block_on(ctl(cmd)),
+            None => usage(),
+        },
+        _ => usage(),
+    };
+    std::process::exit(code);
+}
+
+fn usage() -> i32 {
+    eprintln!("usage: ferry-engine serve | ferry-engine ctl start|stop|restart|status");
+    2
+}
+
+async fn ctl(cmd: Command) -> i32 {
+    match control::request(Path::new(control::SOCKET), cmd).await {
+        Ok(Reply { code, text }) => {
+            println!("{text}");
+            code
+        }
+        Err(e) => {
+            eprintln!("docker: {e}");
+            if cmd == Command::Status {
+                3
+            } else {
+                1
+            }
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "ferry".into())
+}
+
+/// Every IPv4/IPv6 address on the machine's interfaces (for the generated server certificate).
+fn addresses() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    // SAFETY: getifaddrs allocates a list we walk read-only and free once.
+    unsafe {
+        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+        if libc::getifaddrs(&mut head) != 0 {
+            return out;
+        }
+        let mut p = head;
+        while !p.is_null() {
+            let a = (*p).ifa_addr;
+            if !a.is_null() {
+                match (*a).sa_family as i32 {
+                    libc::AF_INET => {
+                        let sin = &*(a as *const libc::sockaddr_in);
+                        out.push(IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()));
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*(a as *const libc::sockaddr_in6);
+                        out.push(IpAddr::from(sin6.sin6_addr.s6_addr));
+                    }
+                    _ => {}
+                }
+            }
+            p = (*p).ifa_next;
+        }
+        libc::freeifaddrs(head);
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+async fn load_material() -> Arc<rustls::ServerConfig> {
+    let floor = std::fs::read_to_string(BUILD_EPOCH).ok().and_then(|s| s.trim().parse().ok());
+    let paths = material::Paths { tls_dir: TLS_DIR.into(), client_dir: Some(CLIENT_DIR.into()) };
+    loop {
+        match material::resolve(&paths, &hostname(), &addresses(), floor, &log) {
+            Ok(m) => {
+                log(&format!("TLS material: {}", m.source));
+                return m.config;
+            }
+            Err(e) => {
+                log(&format!("ERROR: no usable TLS material: {e}; retrying in 10s"));
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+        }
+    }
+}
+
+async fn bind() -> tokio::net::TcpListener {
+    loop {
+        match tokio::net::TcpListener::bind(("0.0.0.0", PORT)).await {
+            Ok(l) => return l,
+            Err(e) => {
+                log(&format!("ERROR: listen on :{PORT}: {e}; retrying in 5s"));
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    }
+}
+
+async fn start_and_wait(d: &mut Dockerd) -> Reply {
+    if let Err(e) = d.start() {
+        return Reply { code: 1, text: format!("ERROR: {e}") };
+    }
+    let t = Instant::now();
+    if dockerd::wait_ready(&d.socket, Duration::from_secs(90)).await {
+        log(&format!("engine ready: dockerd answered /_ping after {:.2}s", t.elapsed().as_secs_f64()));
+        Reply { code: 0, text: "docker started".into() }
+    } else {
+        Reply { code: 1, text: format!("docker did not answer within 90s; see {}", d.log_file.display()) }
+    }
+}
+
+async fn handle(d: &Mutex<Dockerd>, cmd: Command) -> Reply {
+    let mut d = d.lock().await;
+    match cmd {
+        Command::Start => {
+            d.wanted = true;
+            start_and_wait(&mut d).await
+        }
+        Command::Stop => {
+            d.wanted = false;
+            let t = Instant::now();
+            match d.stop().await {
+                Ok(true) => {
+                    log(&format!("dockerd stopped in {:.2}s", t.elapsed().as_secs_f64()));
+                    Reply { code: 0, text: "docker stopped".into() }
+                }
+                Ok(false) => Reply { code: 0, text: "docker was not running".into() },
+                Err(e) => Reply { code: 1, text: format!("ERROR: {e}") },
+            }
+        }
+        Command::Restart => {
+            let _ = d.stop().await;
+            d.wanted = true;
+            start_and_wait(&mut d).await
+        }
+        Command::Status => match d.pid() {
+            Some(pid) => Reply { code: 0, text: format!("docker is running (pid {pid})") },
+            None => Reply { code: 3, text: "docker is not running".into() },
+        },
+    }
+}
+
+async fn control_server(d: Arc<Mutex<Dockerd>>) {
+    let path = Path::new(control::SOCKET);
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = match tokio::net::UnixListener::bind(path) {
+        Ok(l) => l,
+        Err(e) => return log(&format!("ERROR: control socket {}: {e}", path.display())),
+    };
+    loop {
+        let Ok((s, _)) = listener.accept().await else { continue };
+        let d = d.clone();
+        tokio::spawn(async move {
+            let (r, mut w) = s.into_split();
+            let mut line = String::new();
+            if BufReader::new(r).read_line(&mut line).await.is_err() {
+                return;
+            }
+            let reply = match Command::parse(&line) {
+                Some(cmd) => handle(&d, cmd).await,
+                None => Reply { code: 2, text: format!("unknown command {:?}; use start, stop, restart or status", line.trim()) },
+            };
+            let _ = w.write_all(control::format_reply(&reply).as_bytes()).await;
+        });
+    }
+}
+
+fn log_path() -> PathBuf {
+    // Persistent when the data disk provides /var/lib/boot2docker/log, RAM otherwise.
+    let persistent = Path::new("/var/lib/boot2docker/log");
+    if persistent.is_dir() {
+        persistent.join("docker.log")
+    } else {
+        PathBuf::from("/var/log/docker.log")
+    }
+}
+
+async fn serve() -> i32 {
+    let d = Arc::new(Mutex::new(Dockerd::new("/usr/bin/dockerd".into(), log_path(), dockerd::SOCKET.into())));
+    // dockerd starts at once; the front door comes up as soon as TLS material is ready.
+    {
+        let d2 = d.clone();
+        tokio::spawn(async move {
+            let mut g = d2.lock().await;
+            let r = start_and_wait(&mut g).await;
+            if r.code != 0 {
+                log(&r.text);
+            }
+        });
+    }
+    tokio::spawn(control_server(d.clone()));
+    let config = frontdoor::SharedConfig::new(RwLock::new(load_material().await));
+    let listener = bind().await;
+    log(&format!("front door listening on :{PORT} (TLS, client certificate required)"));
+    tokio::spawn(frontdoor::serve(listener, config, dockerd::SOCKET.into(), Arc::new(log)));
+
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            log(&format!("ERROR: SIGTERM handler: {e}"));
+            return 1;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let mut g = d.lock().await;
+        if let Some(status) = g.check_exit() {
+            if g.wanted {
+                let wait = g.backoff();
+                log(&format!("dockerd exited ({status}); restarting in {}s", wait.as_secs()));
+                drop(g);
+                tokio::time::sleep(wait).await;
+                let mut g = d.lock().await;
+                if g.wanted {
+                    let r = start_and_wait(&mut g).await;
+                    if r.code != 0 {
+                        log(&r.text);
+                    }
+                }
+            }
+        }
+    }
+    log("stopping dockerd (containers get SIGTERM)");
+    let t = Instant::now();
+    let mut g = d.lock().await;
+    let _ = g.stop().await;
+    log(&format!("dockerd stopped in {:.2}s", t.elapsed().as_secs_f64()));
+    0
+}

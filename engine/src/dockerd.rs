@@ -1,0 +1,111 @@
+//! dockerd under the engine manager: start, stop (graceful, containers get SIGTERM), status, restart with
+//! back-off when it dies unasked, readiness by `GET /_ping` on its unix socket.
+use crate::error::{Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+pub const SOCKET: &str = "/var/run/docker.sock";
+/// dockerd's own flags: unix socket only (the front door owns TCP), overlay2 on cgroup v2.
+pub const ARGS: &[&str] = &["-H", "unix:///var/run/docker.sock", "--storage-driver", "overlay2", "--shutdown-timeout", "15"];
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(22);
+
+pub struct Dockerd {
+    pub binary: PathBuf,
+    pub log_file: PathBuf,
+    pub socket: PathBuf,
+    child: Option<Child>,
+    /// Whether dockerd should be running (start/stop from the control socket flip it).
+    pub wanted: bool,
+    failures: u32,
+    started: Option<Instant>,
+}
+
+impl Dockerd {
+    pub fn new(binary: PathBuf, log_file: PathBuf, socket: PathBuf) -> Dockerd {
+        Dockerd { binary, log_file, socket, child: None, wanted: true, failures: 0, started: None }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
+    pub fn start(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        if let Some(dir) = self.log_file.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_file)
+            .ctx(|| format!("open {}", self.log_file.display()))?;
+        let log2 = log.try_clone().ctx(|| format!("dup {}", self.log_file.display()))?;
+        let child = Command::new(&self.binary)
+            .args(ARGS)
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .kill_on_drop(false)
+            .spawn()
+            .ctx(|| format!("start {}", self.binary.display()))?;
+        self.child = Some(child);
+        self.started = Some(Instant::now());
+        Ok(())
+    }
+
+    /// SIGTERM, wait (dockerd stops containers within --shutdown-timeout), then SIGKILL.
+    pub async fn stop(&mut self) -> Result<bool> {
+        let Some(mut child) = self.child.take() else { return Ok(false) };
+        if let Some(pid) = child.id() {
+            // SAFETY: signalling our own child process.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+        if tokio::time::timeout(STOP_TIMEOUT, child.wait()).await.is_err() {
+            let _ = child.kill().await;
+        }
+        Ok(true)
+    }
+
+    /// If dockerd exited on its own, report it. Returns Some(description) once per exit.
+    pub fn check_exit(&mut self) -> Option<String> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        if self.started.is_some_and(|t| t.elapsed() > Duration::from_secs(60)) {
+            self.failures = 0;
+        }
+        self.failures += 1;
+        Some(format!("{status}"))
+    }
+
+    pub fn backoff(&self) -> Duration {
+        Duration::from_secs(1u64 << self.failures.min(5)).min(Duration::from_secs(30))
+    }
+}
+
+/// `GET /_ping` on a unix socket: true when dockerd answers 200 OK.
+pub async fn ping(socket: &Path) -> bool {
+    let attempt = async {
+        let mut s = tokio::net::UnixStream::connect(socket).await.ok()?;
+        s.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n").await.ok()?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.ok()?;
+        Some(out.starts_with(b"HTTP/1.0 200") || out.starts_with(b"HTTP/1.1 200"))
+    };
+    tokio::time::timeout(Duration::from_secs(3), attempt).await.ok().flatten().unwrap_or(false)
+}
+
+/// Wait until dockerd answers or `limit` passes.
+pub async fn wait_ready(socket: &Path, limit: Duration) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if ping(socket).await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    false
+}

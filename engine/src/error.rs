@@ -1,0 +1,40 @@
+//! The engine crate's one error type: what was being done (file, socket, phase) and why it failed.
+use std::fmt;
+
+#[derive(Debug)]
+pub struct Error {
+    pub context: String,
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn msg(context: impl Into<String>) -> Self {
+        Error { context: context.into(), source: None }
+    }
+    pub fn with(context: impl Into<String>, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error { context: context.into(), source: Some(Box::new(e)) }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.source {
+            Some(e) => write!(f, "{}: {}", self.context, e),
+            None => f.write_str(&self.context),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+pub trait Context<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T, E: std::error::Error + Send + Sync + 'static> Context<T> for std::result::Result<T, E> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::with(context(), e))
+    }
+}

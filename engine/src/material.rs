@@ -1,0 +1,124 @@
+//! TLS material for the front door, in order: provisioned files (userdata / docker-machine), else a set
+//! generated on first boot. Bad files are reported by name and never crash the engine.
+use crate::certs;
+use crate::error::{Context, Error, Result};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certs_from(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let data = std::fs::read(path).ctx(|| format!("read {}", path.display()))?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice())
+        .collect::<std::result::Result<_, _>>()
+        .ctx(|| format!("{}: not valid PEM", path.display()))?;
+    if certs.is_empty() {
+        return Err(Error::msg(format!("{}: no CERTIFICATE block found", path.display())));
+    }
+    Ok(certs)
+}
+
+fn key_from(path: &Path) -> Result<PrivateKeyDer<'static>> {
+    let data = std::fs::read(path).ctx(|| format!("read {}", path.display()))?;
+    rustls_pemfile::private_key(&mut data.as_slice())
+        .ctx(|| format!("{}: not valid PEM", path.display()))?
+        .ok_or_else(|| Error::msg(format!("{}: no PRIVATE KEY block found", path.display())))
+}
+
+/// A server config that requires a client certificate issued by `ca`. TLS 1.2 and 1.3 only.
+pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> Result<ServerConfig> {
+    let mut roots = RootCertStore::empty();
+    for c in certs_from(ca)? {
+        roots.add(c).ctx(|| format!("{}: not a usable CA certificate", ca.display()))?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .ctx(|| format!("{}: cannot verify clients with it", ca.display()))?;
+    let chain = certs_from(cert)?;
+    let key_der = key_from(key)?;
+    ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .ctx(|| "TLS versions".into())?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key_der)
+        .ctx(|| format!("{} does not match {}", key.display(), cert.display()))
+}
+
+pub struct Paths {
+    /// Provisioned: ca.pem, server.pem, server-key.pem. Generated set goes to `generated/` below it.
+    pub tls_dir: PathBuf,
+    /// Where the docker user finds the generated client bundle (~/.docker).
+    pub client_dir: Option<PathBuf>,
+}
+
+pub struct Material {
+    pub config: Arc<ServerConfig>,
+    pub source: String,
+}
+
+/// Resolve the material; `log` receives one line per problem or decision.
+pub fn resolve(paths: &Paths, hostname: &str, ips: &[std::net::IpAddr], floor: Option<i64>, log: &dyn Fn(&str)) -> Result<Material> {
+    let d = &paths.tls_dir;
+    let (ca, cert, key) = (d.join("ca.pem"), d.join("server.pem"), d.join("server-key.pem"));
+    if ca.exists() || cert.exists() || key.exists() {
+        match server_config(&ca, &cert, &key) {
+            Ok(c) => return Ok(Material { config: Arc::new(c), source: format!("provisioned {}", d.display()) }),
+            Err(e) => log(&format!("ERROR: provisioned TLS material unusable: {e}; using generated certificates")),
+        }
+    }
+    let g = d.join("generated");
+    let (gca, gcert, gkey) = (g.join("ca.pem"), g.join("server.pem"), g.join("server-key.pem"));
+    if gca.exists() {
+        match server_config(&gca, &gcert, &gkey) {
+            Ok(c) => return Ok(Material { config: Arc::new(c), source: format!("generated {}", g.display()) }),
+            Err(e) => log(&format!("ERROR: generated TLS material unusable ({e}); generating a new set")),
+        }
+    }
+    let now = time::OffsetDateTime::now_utc();
+    certs::check_clock(now, floor)?;
+    let b = certs::generate(hostname, ips, now)?;
+    std::fs::create_dir_all(&g).ctx(|| format!("create {}", g.display()))?;
+    for (name, text, mode) in [
+        ("ca.pem", &b.ca_cert, 0o644),
+        ("ca-key.pem", &b.ca_key, 0o600),
+        ("server.pem", &b.server_cert, 0o644),
+        ("server-key.pem", &b.server_key, 0o600),
+        ("cert.pem", &b.client_cert, 0o644),
+        ("key.pem", &b.client_key, 0o600),
+    ] {
+        certs::write_file(&g.join(name), text, mode)?;
+    }
+    if let Some(cd) = &paths.client_dir {
+        install_client_bundle(cd, &b).unwrap_or_else(|e| log(&format!("ERROR: client bundle: {e}")));
+    }
+    log(&format!("generated a CA, server and client certificate in {} (client bundle for the docker user)", g.display()));
+    let c = server_config(&gca, &gcert, &gkey)?;
+    Ok(Material { config: Arc::new(c), source: format!("generated {}", g.display()) })
+}
+
+fn install_client_bundle(dir: &Path, b: &certs::Bundle) -> Result<()> {
+    std::fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
+    for (name, text, mode) in [("ca.pem", &b.ca_cert, 0o644), ("cert.pem", &b.client_cert, 0o644), ("key.pem", &b.client_key, 0o600)] {
+        let p = dir.join(name);
+        certs::write_file(&p, text, mode)?;
+        chown_docker(&p);
+    }
+    chown_docker(dir);
+    if let Some(parent) = dir.parent() {
+        chown_docker(parent);
+    }
+    Ok(())
+}
+
+fn chown_docker(p: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    if let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) {
+        // SAFETY: valid C string; failure only means the file keeps root ownership.
+        unsafe { libc::lchown(c.as_ptr(), 1000, 50) };
+    }
+}
