@@ -12,7 +12,7 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn certs_from(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+pub fn certs_from(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     let data = std::fs::read(path).ctx(|| format!("read {}", path.display()))?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice())
         .collect::<std::result::Result<_, _>>()
@@ -23,7 +23,7 @@ fn certs_from(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     Ok(certs)
 }
 
-fn key_from(path: &Path) -> Result<PrivateKeyDer<'static>> {
+pub fn key_from(path: &Path) -> Result<PrivateKeyDer<'static>> {
     let data = std::fs::read(path).ctx(|| format!("read {}", path.display()))?;
     rustls_pemfile::private_key(&mut data.as_slice())
         .ctx(|| format!("{}: not valid PEM", path.display()))?

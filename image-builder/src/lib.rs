@@ -1,1 +1,14 @@
-
+//! Ferry's image builder and host CLI: rootfs assembly, initramfs, kernel checks, and the QEMU machine
+//! runner behind `ferry up`.
+pub mod build;
+pub mod cpio;
+pub mod debian;
+pub mod error;
+pub mod kconfig;
+pub mod machine;
+pub mod modinfo;
+pub mod modules;
+pub mod ping;
+pub mod qemu;
+pub mod rootfs;
+pub mod util;

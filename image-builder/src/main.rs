@@ -1,1 +1,162 @@
-fn main(){}
+//! `ferry`: build the image and run appliances under QEMU.
+use ferry_builder::build::{self, Inputs};
+use ferry_builder::error::{Error, Result};
+use ferry_builder::machine::{self, Machine};
+use ferry_builder::{ping, qemu, util};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const USAGE: &str = "usage: ferry <command> [args]
+  build [--force]          build out/vmlinuz, out/initrd.img, out/manifest.json
+  up [NAME]                build if needed, boot machine NAME (default: default), print DOCKER_* exports
+  env [NAME]               print the DOCKER_* exports for NAME
+  ssh [NAME] [-- CMD...]   ssh into NAME as docker
+  stop [NAME]              ACPI power-down through QMP and wait
+  rm [NAME]                delete a stopped machine's directory
+  ls                       list machines";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("ferry: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn out_dir() -> Result<PathBuf> {
+    match std::env::var("FERRY_OUT") {
+        Ok(o) => Ok(PathBuf::from(o)),
+        Err(_) => Ok(util::repo_root()?.join("out")),
+    }
+}
+
+fn name_arg(args: &[String]) -> &str {
+    args.get(1).map(String::as_str).filter(|a| !a.starts_with('-')).unwrap_or("default")
+}
+
+fn run(args: &[String]) -> Result<i32> {
+    let cmd = args.first().map(String::as_str).unwrap_or("help");
+    match cmd {
+        "build" => {
+            let inp = Inputs::discover(out_dir()?)?;
+            std::fs::create_dir_all(&inp.out).map_err(|e| Error::msg(format!("create {}: {e}", inp.out.display())))?;
+            if !args.iter().any(|a| a == "--force") && build::is_current(&inp) {
+                eprintln!("ferry: {} is up to date (use --force to rebuild)", inp.out.display());
+                return Ok(0);
+            }
+            build::build(&inp)?;
+            Ok(0)
+        }
+        "up" => up(name_arg(args)),
+        "env" => {
+            print!("{}", Machine::named(name_arg(args))?.env_lines()?);
+            Ok(0)
+        }
+        "ssh" => {
+            let m = Machine::named(name_arg(args))?;
+            let rest: Vec<&String> = args.iter().skip_while(|a| *a != "--").skip(1).collect();
+            let st = m.ssh_command()?.args(rest).status().map_err(|e| Error::msg(format!("run ssh: {e}")))?;
+            Ok(st.code().unwrap_or(1))
+        }
+        "stop" => stop(name_arg(args)),
+        "rm" => {
+            machine::remove(&Machine::named(name_arg(args))?)?;
+            Ok(0)
+        }
+        "ls" => {
+            for m in Machine::all() {
+                let state = if m.pid().is_some() { "running" } else { "stopped" };
+                let url = m.ports().map(|p| format!("tcp://127.0.0.1:{}", p.api)).unwrap_or_default();
+                println!("{:<20} {:<8} {}", m.name, state, url);
+            }
+            Ok(0)
+        }
+        "help" | "-h" | "--help" => {
+            println!("{USAGE}");
+            Ok(0)
+        }
+        other => Err(Error::msg(format!("unknown command {other:?}\n{USAGE}"))),
+    }
+}
+
+fn up(name: &str) -> Result<i32> {
+    let m = Machine::named(name)?;
+    let inp = Inputs::discover(out_dir()?)?;
+    if !build::is_current(&inp) {
+        std::fs::create_dir_all(&inp.out).map_err(|e| Error::msg(format!("create {}: {e}", inp.out.display())))?;
+        build::build(&inp)?;
+    }
+    m.create()?;
+    let ports = m.ports()?;
+    let cfg = Arc::new(ping::client_config(&m.dir)?);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], ports.api));
+    if m.pid().is_none() {
+        let step = util::Step::start(format!("boot {name} under QEMU ({})", qemu::accel()));
+        let launch = qemu::Launch {
+            kernel: inp.out.join("vmlinuz"),
+            initrd: inp.out.join("initrd.img"),
+            append: format!("console=tty0 console=ttyS0,115200 quiet panic=-1 ferry.hostname={name}"),
+            memory_mb: std::env::var("FERRY_MEMORY").ok().and_then(|v| v.parse().ok()).unwrap_or(2048),
+            cpus: 2,
+            fw_cfg_userdata: Some(m.path("userdata.tar")),
+            forwards: vec![(ports.api, 2376), (ports.ssh, 22)],
+            console_log: m.path("console.log"),
+            qmp: m.path("qmp.sock"),
+            pidfile: m.path("qemu.pid"),
+        };
+        launch.start()?;
+        wait_ready(&m, addr, cfg.clone(), Duration::from_secs(600))?;
+        step.done("engine answers /_ping over mTLS");
+    } else if !ping::ping(addr, cfg) {
+        return Err(Error::msg(format!("machine {name} runs but its API does not answer; see {}", m.path("console.log").display())));
+    }
+    print!("{}", m.env_lines()?);
+    Ok(0)
+}
+
+/// Show the console's phase lines as progress while waiting for the API.
+fn wait_ready(m: &Machine, addr: std::net::SocketAddr, cfg: Arc<rustls::ClientConfig>, limit: Duration) -> Result<()> {
+    let start = Instant::now();
+    let mut shown = 0;
+    loop {
+        let log = std::fs::read_to_string(m.path("console.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().filter(|l| l.starts_with("ferry")).collect();
+        for l in &lines[shown.min(lines.len())..] {
+            eprintln!("    [{:>5.1}s] {l}", start.elapsed().as_secs_f64());
+        }
+        shown = lines.len();
+        if ping::ping(addr, cfg.clone()) {
+            return Ok(());
+        }
+        if m.pid().is_none() {
+            return Err(Error::msg(format!("QEMU exited during boot; console:\n{}", machine::console_tail(m, 30))));
+        }
+        if start.elapsed() > limit {
+            return Err(Error::msg(format!("no answer on {addr} after {}s; console:\n{}", limit.as_secs(), machine::console_tail(m, 30))));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn stop(name: &str) -> Result<i32> {
+    let m = Machine::named(name)?;
+    if m.pid().is_none() {
+        eprintln!("ferry: {name} is not running");
+        return Ok(0);
+    }
+    let t = Instant::now();
+    qemu::qmp(&m.path("qmp.sock"), "system_powerdown")?;
+    if qemu::wait_exit(&m.path("qemu.pid"), Duration::from_secs(90)) {
+        eprintln!("ferry: {name} powered off in {:.1}s", t.elapsed().as_secs_f64());
+        return Ok(0);
+    }
+    if let Some(pid) = m.pid() {
+        // SAFETY: killing the QEMU process we started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    Err(Error::msg(format!("{name} did not power off within 90s; QEMU killed")))
+}

@@ -7,7 +7,6 @@ use std::os::fd::AsRawFd;
 
 pub const IMAGE: &str = "/rootfs.squashfs";
 pub const MARKER: &str = "/ferry-initramfs";
-const EARLY_MODULES: &[&str] = &["loop", "squashfs", "overlay"];
 
 const LOOP_SET_FD: libc::c_ulong = 0x4C00;
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
@@ -21,9 +20,13 @@ pub fn early_mounts() -> Result<()> {
     mounts::mount_all(mounts::EARLY)
 }
 
+/// The initramfs carries only what the root switch needs (kernel-config/initramfs-modules.txt: loop,
+/// squashfs, overlay and their dependencies); load all of it.
 pub fn load_early_modules() -> Result<()> {
     let db = kmod::ModDb::running()?;
-    for m in EARLY_MODULES {
+    let mut names: Vec<&String> = db.deps.keys().collect();
+    names.sort();
+    for m in names {
         db.insert(m, "")?;
     }
     Ok(())

@@ -1,0 +1,234 @@
+//! `ferry build`: kernel + rootfs from Debian, trimmed and completed, squashed; an initramfs that carries it;
+//! out/vmlinuz, out/initrd.img, out/manifest.json. Every artefact is written to a temp name and renamed.
+use crate::cpio::{self, Body};
+use crate::error::{Context, Error, Result};
+use crate::modules::Catalog;
+use crate::util::{self, Step};
+use crate::{debian, kconfig, rootfs};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub struct Inputs {
+    pub repo: PathBuf,
+    pub out: PathBuf,
+    pub epoch: i64,
+    pub init: PathBuf,
+    pub engine: PathBuf,
+}
+
+/// SOURCE_DATE_EPOCH, else the last commit's time, so the same checkout builds the same bytes.
+pub fn source_date_epoch(repo: &Path) -> Result<i64> {
+    if let Ok(v) = std::env::var("SOURCE_DATE_EPOCH") {
+        return v.trim().parse::<i64>().ok().filter(|e| *e > 0).ok_or_else(|| {
+            Error::msg(format!("SOURCE_DATE_EPOCH={v:?} is not a positive number of seconds since 1970"))
+        });
+    }
+    let out = util::run(Command::new("git").arg("-C").arg(repo).args(["log", "-1", "--format=%ct"]));
+    match out.ok().and_then(|s| s.trim().parse().ok()) {
+        Some(t) => Ok(t),
+        None => Err(Error::msg("set SOURCE_DATE_EPOCH (no git history to take the build time from)")),
+    }
+}
+
+impl Inputs {
+    pub fn discover(out: PathBuf) -> Result<Inputs> {
+        let repo = util::repo_root()?;
+        Ok(Inputs { epoch: source_date_epoch(&repo)?, init: util::sibling_binary("init")?, engine: util::sibling_binary("ferry-engine")?, repo, out })
+    }
+
+    /// Hash of everything the image is made from (except Debian's archive, which the manifest records).
+    pub fn fingerprint(&self) -> Result<String> {
+        let mut all = Vec::new();
+        for dir in ["rootfs", "kernel-config"] {
+            let mut files = Vec::new();
+            collect(&self.repo.join(dir), &mut files);
+            files.sort();
+            for f in files {
+                all.extend_from_slice(f.to_string_lossy().as_bytes());
+                all.extend_from_slice(&std::fs::read(&f).ctx(|| format!("read {}", f.display()))?);
+            }
+        }
+        all.extend_from_slice(util::sha256_file(&self.init)?.as_bytes());
+        all.extend_from_slice(util::sha256_file(&self.engine)?.as_bytes());
+        all.extend_from_slice(self.epoch.to_string().as_bytes());
+        Ok(util::sha256_hex(&all))
+    }
+}
+
+fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                collect(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+}
+
+/// Is out/ up to date with these inputs?
+pub fn is_current(inp: &Inputs) -> bool {
+    let m = std::fs::read_to_string(inp.out.join("manifest.json")).ok().and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
+    let fp = inp.fingerprint().ok();
+    matches!((m, fp), (Some(m), Some(fp)) if m["inputs"].as_str() == Some(fp.as_str())
+        && inp.out.join("vmlinuz").is_file() && inp.out.join("initrd.img").is_file())
+}
+
+fn kernel_version(tree: &Path) -> Result<String> {
+    let dir = tree.join("usr/lib/modules");
+    let mut v: Vec<String> = std::fs::read_dir(&dir).ctx(|| format!("list {}", dir.display()))?.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+    v.sort();
+    v.pop().ok_or_else(|| Error::msg(format!("no kernel modules in {}", dir.display())))
+}
+
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("part");
+    let mut f = std::fs::File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
+    f.write_all(data).ctx(|| format!("write {}", tmp.display()))?;
+    f.sync_all().ctx(|| format!("fsync {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).ctx(|| format!("rename {} to {}", tmp.display(), path.display()))
+}
+
+pub fn build(inp: &Inputs) -> Result<serde_json::Value> {
+    let all = Step::start(format!("build into {} (SOURCE_DATE_EPOCH={})", inp.out.display(), inp.epoch));
+    let work = inp.out.join(".work");
+    if work.exists() {
+        std::fs::remove_dir_all(&work).ctx(|| format!("clean {}", work.display()))?;
+    }
+    std::fs::create_dir_all(&work).ctx(|| format!("create {}", work.display()))?;
+    let repo = &inp.repo;
+
+    let s = Step::start("kernel: extract Debian's linux-image-amd64");
+    let ktree = work.join("kernel");
+    debian::kernel(&ktree, "linux-image-amd64", inp.epoch)?;
+    let kver = kernel_version(&ktree)?;
+    let config = std::fs::read_to_string(ktree.join(format!("boot/config-{kver}"))).ctx(|| "read the kernel config".into())?;
+    let req = std::fs::read_to_string(repo.join("kernel-config/requirements.txt")).ctx(|| "read kernel-config/requirements.txt".into())?;
+    let problems = kconfig::check(&config, &req);
+    if !problems.is_empty() {
+        let list: Vec<String> = problems.iter().map(|p| format!("  {} is {}, Ferry needs {}", p.option, p.have, p.want)).collect();
+        return Err(Error::msg(format!("kernel {kver} lacks options Ferry needs:\n{}", list.join("\n"))));
+    }
+    s.done(&kver);
+
+    let s = Step::start("rootfs: mmdebstrap Debian trixie");
+    let root = work.join("rootfs");
+    let packages = util::read_data_file(&repo.join("rootfs/packages.txt"))?;
+    let customize = util::read_data_file(&repo.join("rootfs/customize.txt"))?;
+    debian::rootfs(&root, &packages, &customize, inp.epoch)?;
+    let versions = debian::package_versions(&root)?;
+    s.done(&format!("{} packages", versions.len()));
+
+    let s = Step::start("rootfs: trim, overlay, Ferry binaries, modules");
+    let freed = rootfs::trim(&root, &util::read_data_file(&repo.join("rootfs/trim.txt"))?)?;
+    let n = rootfs::apply_overlay(&repo.join("rootfs/overlay"), &repo.join("rootfs/modes.txt"), &root)?;
+    rootfs::install_ferry_binaries(&root, &inp.init, &inp.engine)?;
+    rootfs::install_file(&root.join("etc/ferry/build-epoch"), format!("{}\n", inp.epoch).as_bytes(), 0o644)?;
+    rootfs::install_file(&root.join("etc/ferry/version"), format!("{}\n", env!("CARGO_PKG_VERSION")).as_bytes(), 0o644)?;
+    let moddir = ktree.join("usr/lib/modules").join(&kver);
+    let mut cat = Catalog::scan(&moddir)?;
+    let chosen = cat.select(&moddir, &util::read_data_file(&repo.join("kernel-config/modules.txt"))?)?;
+    let root_mods = root.join("usr/lib/modules").join(&kver);
+    if root_mods.exists() {
+        std::fs::remove_dir_all(&root_mods).ctx(|| format!("clean {}", root_mods.display()))?;
+    }
+    cat.install(&moddir, &chosen, &root_mods)?;
+    s.done(&format!("{} MB trimmed, {n} overlay files, {} modules", freed >> 20, chosen.len()));
+
+    let s = Step::start("rootfs: mksquashfs (zstd)");
+    let squash = work.join("rootfs.squashfs");
+    let e = inp.epoch.to_string();
+    util::run(Command::new("mksquashfs").arg(&root).arg(&squash).args(["-noappend", "-comp", "zstd", "-Xcompression-level", "15", "-b", "256K", "-no-progress", "-quiet", "-mkfs-time", &e, "-all-time", &e]))?;
+    let squash_bytes = std::fs::read(&squash).ctx(|| format!("read {}", squash.display()))?;
+    s.done(&format!("{} MB", squash_bytes.len() >> 20));
+
+    let s = Step::start("initramfs: cpio + gzip");
+    let early = cat.select(&moddir, &util::read_data_file(&repo.join("kernel-config/initramfs-modules.txt"))?)?;
+    let early_dir = work.join("initramfs-modules");
+    cat.install(&moddir, &early, &early_dir)?;
+    let busybox = std::fs::read(root.join("usr/bin/busybox")).ctx(|| "read busybox from the rootfs (package busybox-static)".into())?;
+    let initrd = initramfs(inp, &kver, &early_dir, &busybox, &squash_bytes)?;
+    s.done(&format!("{} MB, {} early modules", initrd.len() >> 20, early.len()));
+
+    let s = Step::start("write out/");
+    let vmlinuz = std::fs::read(ktree.join(format!("boot/vmlinuz-{kver}"))).ctx(|| "read the kernel image".into())?;
+    write_atomic(&inp.out.join("vmlinuz"), &vmlinuz)?;
+    write_atomic(&inp.out.join("initrd.img"), &initrd)?;
+    write_atomic(&inp.out.join("kernel.config"), config.as_bytes())?;
+    let manifest = serde_json::json!({
+        "ferry_version": env!("CARGO_PKG_VERSION"),
+        "source_date_epoch": inp.epoch,
+        "inputs": inp.fingerprint()?,
+        "kernel": kver,
+        "suite": debian::SUITE,
+        "packages": versions.iter().map(|(p, v)| serde_json::json!({"name": p, "version": v})).collect::<Vec<_>>(),
+        "modules": chosen.iter().collect::<Vec<_>>(),
+        "artifacts": {
+            "vmlinuz": {"sha256": util::sha256_hex(&vmlinuz), "bytes": vmlinuz.len()},
+            "initrd.img": {"sha256": util::sha256_hex(&initrd), "bytes": initrd.len()},
+            "rootfs.squashfs (inside initrd.img)": {"sha256": util::sha256_hex(&squash_bytes), "bytes": squash_bytes.len()},
+        },
+    });
+    let text = serde_json::to_string_pretty(&manifest).ctx(|| "serialise manifest".into())?;
+    write_atomic(&inp.out.join("manifest.json"), text.as_bytes())?;
+    s.done("");
+    if std::env::var_os("FERRY_KEEP_WORK").is_none() {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    all.done("");
+    Ok(manifest)
+}
+
+/// Two concatenated newc archives: a gzip-compressed one with init, busybox and early modules, then the
+/// already-compressed squashfs uncompressed (gzip over zstd would only cost boot time; the kernel accepts
+/// mixed segments).
+fn initramfs(inp: &Inputs, kver: &str, early_dir: &Path, busybox: &[u8], squash: &[u8]) -> Result<Vec<u8>> {
+    let mtime = inp.epoch as u32;
+    let mut w = cpio::Writer::new(mtime);
+    for d in ["bin", "dev", "lib", "lib/modules", "proc", "sys"] {
+        w.add(d, 0o755, Body::Dir);
+    }
+    w.add("dev/console", 0o600, Body::CharDev(5, 1));
+    w.add("dev/null", 0o666, Body::CharDev(1, 3));
+    w.add("bin/busybox", 0o755, Body::File(busybox));
+    w.add("bin/sh", 0, Body::Symlink("busybox"));
+    let init = std::fs::read(&inp.init).ctx(|| format!("read {}", inp.init.display()))?;
+    w.add("init", 0o755, Body::File(&init));
+    w.add(ferry_init::rootswitch::MARKER.trim_start_matches('/'), 0o644, Body::File(b"ferry initramfs\n"));
+    let mut files = Vec::new();
+    collect(early_dir, &mut files);
+    files.sort();
+    let base = format!("lib/modules/{kver}");
+    let mut dirs = std::collections::BTreeSet::new();
+    for f in &files {
+        let rel = f.strip_prefix(early_dir).unwrap_or(f);
+        for a in rel.ancestors().skip(1) {
+            if !a.as_os_str().is_empty() {
+                dirs.insert(a.to_path_buf());
+            }
+        }
+    }
+    w.add(&base, 0o755, Body::Dir);
+    for d in &dirs {
+        w.add(&format!("{base}/{}", d.display()), 0o755, Body::Dir);
+    }
+    for f in &files {
+        let rel = f.strip_prefix(early_dir).unwrap_or(f);
+        let data = std::fs::read(f).ctx(|| format!("read {}", f.display()))?;
+        w.add(&format!("{base}/{}", rel.display()), 0o644, Body::File(&data));
+    }
+    let first = w.finish();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&first).ctx(|| "gzip the initramfs".into())?;
+    let mut out = gz.finish().ctx(|| "gzip the initramfs".into())?;
+    while out.len() % 4 != 0 {
+        out.push(0);
+    }
+    let mut w2 = cpio::Writer::new(mtime);
+    w2.add(ferry_init::rootswitch::IMAGE.trim_start_matches('/'), 0o444, Body::File(squash));
+    out.extend_from_slice(&w2.finish());
+    Ok(out)
+}

@@ -1,0 +1,63 @@
+//! Debian inputs through mmdebstrap: the rootfs (maintainer scripts run) and the kernel package
+//! (extracted). Downloaded .debs are cached in ~/.cache/ferry/debs (file names carry name+version+arch and
+//! apt verifies their hashes), so a rebuild downloads only the package indexes.
+use crate::error::{Context, Error, Result};
+use crate::util;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub const SUITE: &str = "trixie";
+
+fn base(variant: &str, epoch: i64, cache: &Path) -> Command {
+    let mut c = Command::new("mmdebstrap");
+    c.env("SOURCE_DATE_EPOCH", epoch.to_string())
+        .arg(format!("--variant={variant}"))
+        .arg("--mode=root")
+        .arg("--components=main")
+        .arg("--aptopt=APT::Install-Recommends \"false\"")
+        .arg("--skip=essential/unlink")
+        .arg("--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/")
+        .arg(format!("--setup-hook=sync-in {} /var/cache/apt/archives/", cache.display()))
+        .arg(format!("--customize-hook=sync-out /var/cache/apt/archives {}", cache.display()))
+        .stdout(std::process::Stdio::inherit())
+        .stderr(std::process::Stdio::inherit());
+    c
+}
+
+fn run_mmdebstrap(mut c: Command, what: &str) -> Result<()> {
+    let st = c.status().ctx(|| "run mmdebstrap (apt-get install mmdebstrap; ./ferry does it for you)".into())?;
+    if !st.success() {
+        return Err(Error::msg(format!("mmdebstrap for the {what} failed ({st}); see its output above")));
+    }
+    Ok(())
+}
+
+fn deb_cache() -> Result<PathBuf> {
+    let d = util::cache_dir().join("debs");
+    std::fs::create_dir_all(&d).ctx(|| format!("create {}", d.display()))?;
+    Ok(d)
+}
+
+/// The rootfs: essential set + packages, with the customize commands (user creation) run in the chroot.
+pub fn rootfs(dest: &Path, packages: &[String], customize: &[String], epoch: i64) -> Result<()> {
+    let mut c = base("essential", epoch, &deb_cache()?);
+    c.arg(format!("--include={}", packages.join(",")));
+    for cmd in customize {
+        c.arg(format!("--customize-hook=chroot \"$1\" sh -c '{}'", cmd.replace('\'', "'\\''")));
+    }
+    c.arg(SUITE).arg(dest);
+    run_mmdebstrap(c, "rootfs")
+}
+
+/// The kernel package tree (extracted, no scripts): /boot/vmlinuz-*, /boot/config-*, /usr/lib/modules/*.
+pub fn kernel(dest: &Path, package: &str, epoch: i64) -> Result<()> {
+    let mut c = base("extract", epoch, &deb_cache()?);
+    c.arg(format!("--include={package}")).arg(SUITE).arg(dest);
+    run_mmdebstrap(c, "kernel")
+}
+
+/// `package\tversion` lines of an installed tree.
+pub fn package_versions(root: &Path) -> Result<Vec<(String, String)>> {
+    let out = util::run(Command::new("dpkg-query").arg(format!("--admindir={}", root.join("var/lib/dpkg").display())).args(["-W", "-f", "${Package}\t${Version}\n"]))?;
+    Ok(out.lines().filter_map(|l| l.split_once('\t')).map(|(a, b)| (a.to_string(), b.to_string())).collect())
+}

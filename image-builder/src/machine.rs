@@ -1,0 +1,148 @@
+//! Machines on the host: a directory per machine (~/.ferry/machines/NAME) with its SSH key, certificates
+//! (CA, client = DOCKER_CERT_PATH, server), the fw_cfg userdata.tar, ports, QEMU pid, QMP socket, console log.
+use crate::error::{Context, Error, Result};
+use crate::util;
+use ferry_init::userdata;
+use std::path::PathBuf;
+use std::process::Command;
+
+pub struct Machine {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub api: u16,
+    pub ssh: u16,
+}
+
+pub fn home() -> PathBuf {
+    if let Ok(h) = std::env::var("FERRY_HOME") {
+        return PathBuf::from(h);
+    }
+    PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".ferry")
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").ctx(|| "find a free local port".into())?;
+    Ok(l.local_addr().ctx(|| "local port".into())?.port())
+}
+
+impl Machine {
+    pub fn named(name: &str) -> Result<Machine> {
+        if !ferry_init::cmdline::valid_hostname(name) {
+            return Err(Error::msg(format!("machine name {name:?}: use 1-63 letters, digits or '-'")));
+        }
+        Ok(Machine { name: name.to_string(), dir: home().join("machines").join(name) })
+    }
+
+    pub fn all() -> Vec<Machine> {
+        let mut v: Vec<Machine> = std::fs::read_dir(home().join("machines"))
+            .map(|rd| rd.flatten().filter_map(|e| Machine::named(&e.file_name().to_string_lossy()).ok()).collect())
+            .unwrap_or_default();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    pub fn exists(&self) -> bool {
+        self.dir.join("ports").is_file()
+    }
+    pub fn path(&self, f: &str) -> PathBuf {
+        self.dir.join(f)
+    }
+    pub fn pid(&self) -> Option<i32> {
+        crate::qemu::pid(&self.path("qemu.pid"))
+    }
+
+    pub fn ports(&self) -> Result<Ports> {
+        let t = std::fs::read_to_string(self.path("ports")).ctx(|| format!("machine {} does not exist (ferry up {})", self.name, self.name))?;
+        let v: Vec<u16> = t.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+        match v.as_slice() {
+            [api, ssh] => Ok(Ports { api: *api, ssh: *ssh }),
+            _ => Err(Error::msg(format!("{}: expected two port numbers", self.path("ports").display()))),
+        }
+    }
+
+    /// Create keys, certificates, userdata and ports (once; an existing machine keeps its identity).
+    pub fn create(&self) -> Result<()> {
+        if self.exists() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.dir).ctx(|| format!("create {}", self.dir.display()))?;
+        let key = self.path("id_ed25519");
+        if !key.exists() {
+            util::run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", &format!("ferry-{}", self.name), "-f"]).arg(&key))?;
+        }
+        let now = time_now();
+        let b = ferry_engine::certs::generate("localhost", &[], now).map_err(|e| Error::msg(format!("generate certificates: {e}")))?;
+        for (name, text, mode) in [
+            ("ca.pem", &b.ca_cert, 0o644),
+            ("ca-key.pem", &b.ca_key, 0o600),
+            ("server.pem", &b.server_cert, 0o644),
+            ("server-key.pem", &b.server_key, 0o600),
+            ("cert.pem", &b.client_cert, 0o644),
+            ("key.pem", &b.client_key, 0o600),
+        ] {
+            ferry_engine::certs::write_file(&self.path(name), text, mode).map_err(|e| Error::msg(e.to_string()))?;
+        }
+        let pubkey = std::fs::read(self.path("id_ed25519.pub")).ctx(|| "read the machine's public key".into())?;
+        let tar = userdata::write(&[
+            userdata::dir(".ssh", 0o700),
+            userdata::file(".ssh/authorized_keys", 0o644, pubkey.clone()),
+            userdata::file(".ssh/authorized_keys2", 0o644, pubkey),
+            userdata::dir("tls", 0o700),
+            userdata::file("tls/ca.pem", 0o644, b.ca_cert.clone()),
+            userdata::file("tls/server.pem", 0o644, b.server_cert.clone()),
+            userdata::file("tls/server-key.pem", 0o600, b.server_key.clone()),
+        ]);
+        std::fs::write(self.path("userdata.tar"), tar).ctx(|| "write userdata.tar".into())?;
+        let (api, ssh) = (free_port()?, free_port()?);
+        std::fs::write(self.path("ports"), format!("{api} {ssh}\n")).ctx(|| "write ports".into())
+    }
+
+    pub fn env_lines(&self) -> Result<String> {
+        let p = self.ports()?;
+        Ok(format!(
+            "export DOCKER_HOST=tcp://127.0.0.1:{}\nexport DOCKER_TLS_VERIFY=1\nexport DOCKER_CERT_PATH={}\n# Run this command to configure your shell:\n# eval $(./ferry env {})\n",
+            p.api,
+            self.dir.display(),
+            self.name
+        ))
+    }
+
+    pub fn ssh_command(&self) -> Result<Command> {
+        let p = self.ports()?;
+        let mut c = Command::new("ssh");
+        c.args(["-i"]).arg(self.path("id_ed25519")).args([
+            "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "LogLevel=ERROR",
+            "-o", "ConnectTimeout=10",
+            "-p", &p.ssh.to_string(),
+            "docker@127.0.0.1",
+        ]);
+        Ok(c)
+    }
+}
+
+pub fn time_now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
+pub fn remove(m: &Machine) -> Result<()> {
+    if m.pid().is_some() {
+        return Err(Error::msg(format!("machine {} is running; ferry stop {} first", m.name, m.name)));
+    }
+    if m.dir.exists() {
+        std::fs::remove_dir_all(&m.dir).ctx(|| format!("remove {}", m.dir.display()))?;
+    }
+    Ok(())
+}
+
+pub fn console_tail(m: &Machine, lines: usize) -> String {
+    let t = std::fs::read_to_string(m.path("console.log")).unwrap_or_default();
+    let v: Vec<&str> = t.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+

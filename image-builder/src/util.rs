@@ -1,0 +1,109 @@
+//! Small shared helpers: running commands with clear errors, hashing, paths, progress lines.
+use crate::error::{Context, Error, Result};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+pub fn run(cmd: &mut Command) -> Result<String> {
+    let desc = format!("{cmd:?}");
+    let out = cmd.output().ctx(|| format!("run {desc} (is it installed? ./ferry installs host packages)"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(15).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Err(Error::msg(format!("{desc} failed ({}):\n{}", out.status, tail.join("\n"))));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex(&Sha256::digest(data))
+}
+
+pub fn sha256_file(p: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(p).ctx(|| format!("open {}", p.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).ctx(|| format!("read {}", p.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The checkout this binary was built from (the workspace root), found from the binary's location or cwd.
+pub fn repo_root() -> Result<PathBuf> {
+    if let Ok(r) = std::env::var("FERRY_REPO") {
+        return Ok(PathBuf::from(r));
+    }
+    let mut starts = vec![];
+    if let Ok(exe) = std::env::current_exe() {
+        starts.push(exe);
+    }
+    if let Ok(cwd) = std::env::current_dir() {
+        starts.push(cwd);
+    }
+    for s in starts {
+        for a in s.ancestors() {
+            if a.join("kernel-config").is_dir() && a.join("rootfs").is_dir() && a.join("Cargo.toml").is_file() {
+                return Ok(a.to_path_buf());
+            }
+        }
+    }
+    Err(Error::msg("cannot find the Ferry checkout (set FERRY_REPO to it)"))
+}
+
+/// Download cache outside the checkout (~/.cache/ferry), keyed by content.
+pub fn cache_dir() -> PathBuf {
+    if let Ok(c) = std::env::var("FERRY_CACHE") {
+        return PathBuf::from(c);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    PathBuf::from(home).join(".cache/ferry")
+}
+
+/// Build artefacts of the Rust workspace that go into the image (init, ferry-engine) sit next to us.
+pub fn sibling_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().ctx(|| "locate the ferry binary".into())?;
+    let p = exe.parent().map(|d| d.join(name)).unwrap_or_default();
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(Error::msg(format!("{} not found next to {}; build with ./ferry (cargo build --release)", name, exe.display())))
+    }
+}
+
+/// One progress line per step with its duration.
+pub struct Step {
+    name: String,
+    start: Instant,
+}
+
+impl Step {
+    pub fn start(name: impl Into<String>) -> Step {
+        let name = name.into();
+        eprintln!("==> {name}");
+        Step { name, start: Instant::now() }
+    }
+    pub fn done(self, note: &str) {
+        eprintln!("    {} done in {:.1}s{}", self.name, self.start.elapsed().as_secs_f64(), if note.is_empty() { String::new() } else { format!(" ({note})") });
+    }
+}
+
+/// Lines of a data file without comments and blanks.
+pub fn data_lines(text: &str) -> Vec<String> {
+    text.lines().map(|l| l.split('#').next().unwrap_or("").trim().to_string()).filter(|l| !l.is_empty()).collect()
+}
+
+pub fn read_data_file(p: &Path) -> Result<Vec<String>> {
+    Ok(data_lines(&std::fs::read_to_string(p).ctx(|| format!("read {}", p.display()))?))
+}
