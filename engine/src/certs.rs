@@ -156,7 +156,7 @@ mod tests {
         server.verify_signature(Some(ca.public_key())).unwrap();
         let san = server.subject_alternative_name().unwrap().unwrap().value;
         let text = format!("{:?}", san.general_names);
-        for want in ["box", "localhost", "10.0.2.15", "127.0.0.1"] {
+        for want in ["\"box\"", "\"localhost\"", "[10, 0, 2, 15]", "[127, 0, 0, 1]"] {
             assert!(text.contains(want), "{want} missing from {text}");
         }
         let cd = der(&b.client_cert);

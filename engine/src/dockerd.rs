@@ -11,6 +11,11 @@ pub const SOCKET: &str = "/var/run/docker.sock";
 pub const ARGS: &[&str] = &["-H", "unix:///var/run/docker.sock", "--storage-driver", "overlay2", "--shutdown-timeout", "15"];
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(22);
 
+/// Debian installs dockerd in /usr/sbin; other layouts in /usr/bin.
+pub fn binary() -> PathBuf {
+    ["/usr/sbin/dockerd", "/usr/bin/dockerd"].iter().map(PathBuf::from).find(|p| p.exists()).unwrap_or_else(|| PathBuf::from("/usr/sbin/dockerd"))
+}
+
 pub struct Dockerd {
     pub binary: PathBuf,
     pub log_file: PathBuf,
@@ -20,11 +25,13 @@ pub struct Dockerd {
     pub wanted: bool,
     failures: u32,
     started: Option<Instant>,
+    /// Last exit or failed start (restart back-off counts from here).
+    stopped_at: Option<Instant>,
 }
 
 impl Dockerd {
     pub fn new(binary: PathBuf, log_file: PathBuf, socket: PathBuf) -> Dockerd {
-        Dockerd { binary, log_file, socket, child: None, wanted: true, failures: 0, started: None }
+        Dockerd { binary, log_file, socket, child: None, wanted: true, failures: 0, started: None, stopped_at: None }
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -78,7 +85,23 @@ impl Dockerd {
             self.failures = 0;
         }
         self.failures += 1;
+        self.stopped_at = Some(Instant::now());
         Some(format!("{status}"))
+    }
+
+    /// Has the child exited (without reaping it; check_exit does that)?
+    pub fn exited_now(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
+
+    pub fn failed_start(&mut self) {
+        self.failures += 1;
+        self.stopped_at = Some(Instant::now());
+    }
+
+    /// Has the back-off since the last exit passed?
+    pub fn due(&self) -> bool {
+        self.stopped_at.is_none_or(|t| t.elapsed() >= self.backoff())
     }
 
     pub fn backoff(&self) -> Duration {
@@ -96,16 +119,4 @@ pub async fn ping(socket: &Path) -> bool {
         Some(out.starts_with(b"HTTP/1.0 200") || out.starts_with(b"HTTP/1.1 200"))
     };
     tokio::time::timeout(Duration::from_secs(3), attempt).await.ok().flatten().unwrap_or(false)
-}
-
-/// Wait until dockerd answers or `limit` passes.
-pub async fn wait_ready(socket: &Path, limit: Duration) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if ping(socket).await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    false
 }

@@ -16,6 +16,8 @@ pub type SharedConfig = Arc<RwLock<Arc<rustls::ServerConfig>>>;
 
 pub async fn serve(listener: TcpListener, config: SharedConfig, upstream: PathBuf, log: Arc<dyn Fn(&str) + Send + Sync>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    // While dockerd is stopped every connection fails the same way; say so once a minute, not per request.
+    let last_complaint = Arc::new(std::sync::Mutex::new(None::<std::time::Instant>));
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -35,6 +37,7 @@ pub async fn serve(listener: TcpListener, config: SharedConfig, upstream: PathBu
         };
         let upstream = upstream.clone();
         let log = log.clone();
+        let last_complaint = last_complaint.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let _ = tcp.set_nodelay(true);
@@ -46,7 +49,12 @@ pub async fn serve(listener: TcpListener, config: SharedConfig, upstream: PathBu
             let unix = match UnixStream::connect(&upstream).await {
                 Ok(u) => u,
                 Err(e) => {
-                    log(&format!("front door: {peer}: dockerd socket {}: {e}", upstream.display()));
+                    if let Ok(mut last) = last_complaint.lock() {
+                        if last.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                            *last = Some(std::time::Instant::now());
+                            log(&format!("front door: {peer}: dockerd socket {}: {e} (is docker stopped?)", upstream.display()));
+                        }
+                    }
                     return;
                 }
             };

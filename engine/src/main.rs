@@ -130,15 +130,21 @@ async fn bind() -> tokio::net::TcpListener {
 
 async fn start_and_wait(d: &mut Dockerd) -> Reply {
     if let Err(e) = d.start() {
+        d.failed_start();
         return Reply { code: 1, text: format!("ERROR: {e}") };
     }
     let t = Instant::now();
-    if dockerd::wait_ready(&d.socket, Duration::from_secs(90)).await {
-        log(&format!("engine ready: dockerd answered /_ping after {:.2}s", t.elapsed().as_secs_f64()));
-        Reply { code: 0, text: "docker started".into() }
-    } else {
-        Reply { code: 1, text: format!("docker did not answer within 90s; see {}", d.log_file.display()) }
+    while t.elapsed() < Duration::from_secs(90) {
+        if dockerd::ping(&d.socket).await {
+            log(&format!("engine ready: dockerd answered /_ping after {:.2}s", t.elapsed().as_secs_f64()));
+            return Reply { code: 0, text: "docker started".into() };
+        }
+        if d.pid().is_some() && d.exited_now() {
+            return Reply { code: 1, text: format!("dockerd exited during start; see {}", d.log_file.display()) };
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    Reply { code: 1, text: format!("docker did not answer within 90s; see {}", d.log_file.display()) }
 }
 
 async fn handle(d: &Mutex<Dockerd>, cmd: Command) -> Reply {
@@ -211,7 +217,7 @@ fn log_path() -> PathBuf {
 }
 
 async fn serve() -> i32 {
-    let d = Arc::new(Mutex::new(Dockerd::new("/usr/bin/dockerd".into(), log_path(), dockerd::SOCKET.into())));
+    let d = Arc::new(Mutex::new(Dockerd::new(dockerd::binary(), log_path(), dockerd::SOCKET.into())));
     // dockerd starts at once; the front door comes up as soon as TLS material is ready.
     {
         let d2 = d.clone();
@@ -244,17 +250,14 @@ async fn serve() -> i32 {
         let mut g = d.lock().await;
         if let Some(status) = g.check_exit() {
             if g.wanted {
-                let wait = g.backoff();
-                log(&format!("dockerd exited ({status}); restarting in {}s", wait.as_secs()));
-                drop(g);
-                tokio::time::sleep(wait).await;
-                let mut g = d.lock().await;
-                if g.wanted {
-                    let r = start_and_wait(&mut g).await;
-                    if r.code != 0 {
-                        log(&r.text);
-                    }
-                }
+                log(&format!("dockerd exited ({status}); restarting in {}s", g.backoff().as_secs()));
+            }
+        }
+        // Wanted but not running (exited, or failed to start): start again once its back-off has passed.
+        if g.wanted && g.pid().is_none() && g.due() {
+            let r = start_and_wait(&mut g).await;
+            if r.code != 0 {
+                log(&r.text);
             }
         }
     }

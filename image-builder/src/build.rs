@@ -84,6 +84,26 @@ fn kernel_version(tree: &Path) -> Result<String> {
     v.pop().ok_or_else(|| Error::msg(format!("no kernel modules in {}", dir.display())))
 }
 
+/// A Debian tree cached as a tarball in ~/.cache/ferry/trees, keyed by what it was made from (package
+/// list, suite). FERRY_REFRESH=1 makes it again (e.g. to pick up a Debian point release).
+fn cached_tree(name: &str, key: &[&str], dest: &Path, make: impl FnOnce(&Path) -> Result<()>) -> Result<bool> {
+    let dir = util::cache_dir().join("trees");
+    std::fs::create_dir_all(&dir).ctx(|| format!("create {}", dir.display()))?;
+    let hash = util::sha256_hex(key.join("\n").as_bytes());
+    let tarball = dir.join(format!("{name}-{}.tar", &hash[..16]));
+    let refresh = std::env::var_os("FERRY_REFRESH").is_some();
+    if tarball.is_file() && !refresh {
+        std::fs::create_dir_all(dest).ctx(|| format!("create {}", dest.display()))?;
+        util::run(Command::new("tar").args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf"]).arg(&tarball).arg("-C").arg(dest))?;
+        return Ok(true);
+    }
+    make(dest)?;
+    let part = tarball.with_extension("part");
+    util::run(Command::new("tar").args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-cf"]).arg(&part).arg("-C").arg(dest).arg("."))?;
+    std::fs::rename(&part, &tarball).ctx(|| format!("rename {}", part.display()))?;
+    Ok(false)
+}
+
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let tmp = path.with_extension("part");
     let mut f = std::fs::File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
@@ -103,7 +123,7 @@ pub fn build(inp: &Inputs) -> Result<serde_json::Value> {
 
     let s = Step::start("kernel: extract Debian's linux-image-amd64");
     let ktree = work.join("kernel");
-    debian::kernel(&ktree, "linux-image-amd64", inp.epoch)?;
+    let hit = cached_tree("kernel", &[debian::SUITE, "linux-image-amd64"], &ktree, |d| debian::kernel(d, "linux-image-amd64", inp.epoch))?;
     let kver = kernel_version(&ktree)?;
     let config = std::fs::read_to_string(ktree.join(format!("boot/config-{kver}"))).ctx(|| "read the kernel config".into())?;
     let req = std::fs::read_to_string(repo.join("kernel-config/requirements.txt")).ctx(|| "read kernel-config/requirements.txt".into())?;
@@ -112,15 +132,17 @@ pub fn build(inp: &Inputs) -> Result<serde_json::Value> {
         let list: Vec<String> = problems.iter().map(|p| format!("  {} is {}, Ferry needs {}", p.option, p.have, p.want)).collect();
         return Err(Error::msg(format!("kernel {kver} lacks options Ferry needs:\n{}", list.join("\n"))));
     }
-    s.done(&kver);
+    s.done(&format!("{kver}{}", if hit { ", from cache" } else { "" }));
 
     let s = Step::start("rootfs: mmdebstrap Debian trixie");
     let root = work.join("rootfs");
     let packages = util::read_data_file(&repo.join("rootfs/packages.txt"))?;
     let customize = util::read_data_file(&repo.join("rootfs/customize.txt"))?;
-    debian::rootfs(&root, &packages, &customize, inp.epoch)?;
+    let key: Vec<String> = [debian::SUITE.to_string()].into_iter().chain(packages.iter().cloned()).chain(customize.iter().cloned()).collect();
+    let key: Vec<&str> = key.iter().map(String::as_str).collect();
+    let hit = cached_tree("rootfs", &key, &root, |d| debian::rootfs(d, &packages, &customize, inp.epoch))?;
     let versions = debian::package_versions(&root)?;
-    s.done(&format!("{} packages", versions.len()));
+    s.done(&format!("{} packages{}", versions.len(), if hit { ", from cache" } else { "" }));
 
     let s = Step::start("rootfs: trim, overlay, Ferry binaries, modules");
     let freed = rootfs::trim(&root, &util::read_data_file(&repo.join("rootfs/trim.txt"))?)?;

@@ -29,6 +29,13 @@ pub const STAGE_B: &[MountSpec] = &[
     MountSpec { source: "securityfs", target: "/sys/kernel/security", fstype: "securityfs", flags: NOSUID_NODEV_NOEXEC, data: "" },
 ];
 
+/// Without a data disk everything lives in RAM. The root is an overlay, and overlayfs cannot be the upper
+/// layer of another overlay (dockerd's overlay2), so the engine's state gets its own tmpfs.
+pub const RAM_DATA: &[MountSpec] = &[
+    MountSpec { source: "docker-ram", target: "/var/lib/docker", fstype: "tmpfs", flags: 0, data: "mode=0710" },
+    MountSpec { source: "containerd-ram", target: "/var/lib/containerd", fstype: "tmpfs", flags: 0, data: "mode=0711" },
+];
+
 /// Mount every entry that is not mounted yet. The first failure stops the phase (an appliance without /run
 /// or cgroups is not one we can start the engine on).
 pub fn mount_all(table: &[MountSpec]) -> Result<()> {

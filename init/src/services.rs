@@ -23,9 +23,11 @@ pub struct ServiceSpec {
     pub user: Option<(u32, u32, &'static [u32], &'static str)>,
 }
 
+/// Host keys are made (once; they persist with the data disk) right before sshd starts, so slow RSA key
+/// generation never holds up the boot.
 pub const SSHD: ServiceSpec = ServiceSpec {
     name: "sshd",
-    argv: &["/usr/sbin/sshd", "-D", "-e"],
+    argv: &["/bin/sh", "-c", "mkdir -p /run/sshd /var/lib/boot2docker/ssh/etc/ssh && ssh-keygen -A -f /var/lib/boot2docker/ssh && exec /usr/sbin/sshd -D -e"],
     output: Output::File("/var/log/sshd.log"),
     user: None,
 };

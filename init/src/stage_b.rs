@@ -11,7 +11,6 @@ use std::time::Duration;
 
 pub const DEFAULT_HOSTNAME: &str = "ferry";
 pub const PERSISTED_HOSTNAME: &str = "/var/lib/boot2docker/etc/hostname";
-pub const SSH_KEY_PREFIX: &str = "/var/lib/boot2docker/ssh";
 
 pub fn run() -> ! {
     // Threads inherit this mask; the main loop takes signals synchronously with sigtimedwait.
@@ -49,11 +48,14 @@ pub fn run() -> ! {
     let _ = log::phase("clock", || clock::apply_floor().map(|note| log::line(&note)));
     let hostname = pick_hostname(&cmdline);
     let _ = log::phase("network", || network(&hostname));
+    let _ = log::phase("disk", || {
+        log::line("no data disk support in this build: containers, images and volumes live in RAM");
+        mounts::mount_all(mounts::RAM_DATA)
+    });
     let _ = log::phase("userdata", || fwcfg::provision().map(|s| log::line(&s)));
 
     let mut sup = Supervisor::default();
     let _ = log::phase("services", || {
-        ssh_host_keys()?;
         sup.add(services::ENGINE);
         sup.add(services::SSHD);
         if cmdline.autologin {
@@ -184,20 +186,6 @@ fn dhcp_loop(nic: &str, hostname: &str, tx: mpsc::Sender<String>) {
             }
         }
     }
-}
-
-/// Host keys live under /var/lib/boot2docker/ssh (persistent once a data disk is mounted).
-fn ssh_host_keys() -> Result<()> {
-    sys::mkdir_p(format!("{SSH_KEY_PREFIX}/etc/ssh"), 0o755)?;
-    sys::mkdir_p("/run/sshd", 0o755)?;
-    let out = std::process::Command::new("/usr/bin/ssh-keygen")
-        .args(["-A", "-f", SSH_KEY_PREFIX])
-        .output()
-        .map_err(|e| Error::io("run ssh-keygen -A", e))?;
-    if !out.status.success() {
-        return Err(Error::msg(format!("ssh-keygen -A: {}", String::from_utf8_lossy(&out.stderr).trim())));
-    }
-    Ok(())
 }
 
 fn group_id(name: &str) -> Option<u32> {

@@ -1,1 +1,146 @@
+//! Helpers for the end-to-end tests and benches: find the built `ferry`, run the real docker CLI and ssh
+//! against a booted appliance, and report named checks ("ok"/"FAIL") with a final summary.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// The release `ferry` binary (built by `./ferry test` before the tests run).
+pub fn ferry_bin() -> PathBuf {
+    std::env::var_os("FERRY_BIN").map(PathBuf::from).unwrap_or_else(|| repo().join("target/x86_64-unknown-linux-gnu/release/ferry"))
+}
+
+pub fn out_dir() -> PathBuf {
+    std::env::var_os("FERRY_OUT").map(PathBuf::from).unwrap_or_else(|| repo().join("out"))
+}
+
+pub struct Report {
+    pub passed: usize,
+    pub failed: Vec<String>,
+    started: Instant,
+}
+
+impl Default for Report {
+    fn default() -> Self {
+        Report { passed: 0, failed: vec![], started: Instant::now() }
+    }
+}
+
+impl Report {
+    /// Record a check. `Err(why)` fails it; the why is printed.
+    pub fn check(&mut self, name: &str, r: Result<String, String>) -> bool {
+        let t = self.started.elapsed().as_secs_f64();
+        match r {
+            Ok(note) => {
+                println!("ok   [{t:>6.1}s] {name}{}", if note.is_empty() { String::new() } else { format!(" ({note})") });
+                self.passed += 1;
+                true
+            }
+            Err(why) => {
+                println!("FAIL [{t:>6.1}s] {name}: {why}");
+                self.failed.push(name.to_string());
+                false
+            }
+        }
+    }
+
+    pub fn finish(self, suite: &str) -> ! {
+        println!("\n{suite}: {} passed, {} failed{}", self.passed, self.failed.len(), if self.failed.is_empty() { String::new() } else { format!(" ({})", self.failed.join(", ")) });
+        std::process::exit(if self.failed.is_empty() { 0 } else { 1 })
+    }
+}
+
+pub fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Run a command with optional stdin and a timeout; Err carries its output.
+pub fn run(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Duration) -> Result<String, String> {
+    use std::io::Write;
+    let desc = format!("{cmd:?}");
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("{desc}: {e}"))?;
+    if let (Some(data), Some(mut si)) = (stdin, child.stdin.take()) {
+        let _ = si.write_all(data);
+    }
+    let end = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() > end => {
+                let _ = child.kill();
+                let o = child.wait_with_output().map_err(|e| e.to_string())?;
+                return Err(format!("{desc}: timed out after {}s; output: {}", timeout.as_secs(), text(&o)));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => return Err(format!("{desc}: {e}")),
+        }
+    }
+    let o = child.wait_with_output().map_err(|e| e.to_string())?;
+    if o.status.success() {
+        Ok(text(&o))
+    } else {
+        Err(format!("{desc} failed ({}): {}", o.status, text(&o).trim()))
+    }
+}
+
+/// Docker CLI environment parsed from `ferry up`/`ferry env` output.
+#[derive(Clone, Debug, Default)]
+pub struct DockerEnv {
+    pub host: String,
+    pub cert_path: String,
+}
+
+impl DockerEnv {
+    pub fn parse(exports: &str) -> Option<DockerEnv> {
+        let get = |k: &str| exports.lines().find_map(|l| l.strip_prefix(&format!("export {k}=")).map(str::to_string));
+        Some(DockerEnv { host: get("DOCKER_HOST")?, cert_path: get("DOCKER_CERT_PATH")? })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.host.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0)
+    }
+
+    pub fn docker(&self) -> Command {
+        let mut c = Command::new("docker");
+        c.env("DOCKER_HOST", &self.host).env("DOCKER_TLS_VERIFY", "1").env("DOCKER_CERT_PATH", &self.cert_path).env_remove("DOCKER_CONTEXT");
+        c
+    }
+
+    pub fn run(&self, args: &[&str], stdin: Option<&[u8]>, timeout: Duration) -> Result<String, String> {
+        run(self.docker().args(args), stdin, timeout)
+    }
+}
+
+/// A tar of a minimal busybox rootfs (the host's static busybox), for `docker import`. Commands run as
+/// `busybox APPLET ...`, so no applet links are needed.
+pub fn busybox_rootfs_tar() -> Result<Vec<u8>, String> {
+    let bb = ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| Path::new(p).exists()).ok_or("busybox-static is not installed on the host (./ferry installs it)")?;
+    let data = std::fs::read(bb).map_err(|e| format!("read {bb}: {e}"))?;
+    if data.windows(13).any(|w| w == b"ld-linux-x86-") {
+        return Err(format!("{bb} is dynamically linked; install busybox-static"));
+    }
+    use ferry_init::userdata::{dir, file, write};
+    Ok(write(&[
+        dir("bin", 0o755),
+        file("bin/busybox", 0o755, data),
+        dir("etc", 0o755),
+        file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/busybox\n".to_vec()),
+        dir("tmp", 0o1777),
+    ]))
+}
+
+/// Wait until `f` returns Ok or the timeout passes; returns the last result.
+pub fn retry<T>(timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> Result<T, String> {
+    let end = Instant::now() + timeout;
+    loop {
+        let r = f();
+        if r.is_ok() || Instant::now() > end {
+            return r;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}

@@ -1,1 +1,255 @@
-fn main(){}
+//! End-to-end: boot Ferry under QEMU (TCG) with `ferry up`, then use it as a user would — the real
+//! docker CLI over mTLS, ssh as docker, curl for refusals — and power it off with `ferry stop`.
+//! A second boot feeds bad TLS material through fw_cfg. One boot carries many checks (CI time).
+use qemu_tests::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const MIN: Duration = Duration::from_secs(60);
+
+struct Guard {
+    home: PathBuf,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // Never leave a QEMU behind, whatever happened.
+        if let Ok(rd) = std::fs::read_dir(self.home.join("machines")) {
+            for e in rd.flatten() {
+                if let Ok(p) = std::fs::read_to_string(e.path().join("qemu.pid")) {
+                    if let Ok(pid) = p.trim().parse::<i32>() {
+                        // SAFETY: killing a QEMU this test started.
+                        unsafe { libc_kill(pid) };
+                    }
+                }
+            }
+        }
+    }
+}
+
+unsafe fn libc_kill(pid: i32) {
+    extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    kill(pid, 9);
+}
+
+fn ferry(home: &Path, args: &[&str], timeout: Duration) -> Result<String, String> {
+    run(Command::new(ferry_bin()).args(args).env("FERRY_HOME", home), None, timeout)
+}
+
+fn contains(out: Result<String, String>, want: &str) -> Result<String, String> {
+    let o = out?;
+    if o.contains(want) {
+        Ok(String::new())
+    } else {
+        Err(format!("expected {want:?} in output: {}", o.trim()))
+    }
+}
+
+fn main() {
+    let mut r = Report::default();
+    println!("e2e: Ferry under QEMU ({}), ferry = {}", std::env::var("FERRY_ACCEL").unwrap_or("tcg".into()), ferry_bin().display());
+    if !ferry_bin().is_file() {
+        r.check("ferry binary present", Err(format!("{} missing: run ./ferry test (it builds first)", ferry_bin().display())));
+        r.finish("e2e");
+    }
+    let home = std::env::temp_dir().join(format!("ferry-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&home);
+    let _guard = Guard { home: home.clone() };
+
+    // Boot 1: the normal path.
+    let up = ferry(&home, &["up", "e2e"], 40 * MIN);
+    let env = up.as_ref().ok().and_then(|o| DockerEnv::parse(o));
+    if !r.check("ferry up boots and prints DOCKER_* exports", up.clone().and_then(|o| env.clone().map(|_| String::new()).ok_or(format!("no exports in: {o}")))) {
+        let console = std::fs::read_to_string(home.join("machines/e2e/console.log")).unwrap_or_default();
+        println!("--- console ---\n{console}\n---");
+        r.finish("e2e");
+    }
+    let env = env.unwrap_or_default();
+    let console = |name: &str| std::fs::read_to_string(home.join("machines").join(name).join("console.log")).unwrap_or_default();
+
+    r.check("kernel config meets kernel-config/requirements.txt", {
+        let cfg = std::fs::read_to_string(out_dir().join("kernel.config")).unwrap_or_default();
+        let req = std::fs::read_to_string(repo().join("kernel-config/requirements.txt")).unwrap_or_default();
+        let problems = ferry_builder::kconfig::check(&cfg, &req);
+        if cfg.is_empty() {
+            Err("out/kernel.config missing".into())
+        } else if problems.is_empty() {
+            Ok(format!("{} options", ferry_builder::util::data_lines(&req).len()))
+        } else {
+            Err(format!("{problems:?}"))
+        }
+    });
+    r.check("console: one line per boot phase with its duration", {
+        let c = console("e2e");
+        let missing: Vec<&str> = ["[early-modules] done in", "[root] done in", "[mounts] done in", "[modules] done in", "[clock] done in", "[network] done in", "[userdata] done in", "[services] done in", "engine ready"]
+            .into_iter()
+            .filter(|p| !c.contains(p))
+            .collect();
+        if missing.is_empty() { Ok(String::new()) } else { Err(format!("missing {missing:?}")) }
+    });
+    r.check("docker version over mTLS (server is dockerd 26.x)", contains(env.run(&["version", "--format", "{{.Server.Version}}"], None, 2 * MIN), "26."));
+    let info = env.run(&["info", "--format", "{{.CgroupVersion}}|{{.Driver}}|{{.DockerRootDir}}|{{.Name}}"], None, 2 * MIN);
+    r.check("docker info: cgroup v2, overlay2, /var/lib/docker, hostname", contains(info, "2|overlay2|/var/lib/docker|e2e"));
+
+    let tar = busybox_rootfs_tar();
+    r.check("docker import of a busybox tarball", tar.clone().and_then(|t| env.run(&["import", "-", "ferry-busybox:test"], Some(&t), 5 * MIN)).map(|_| String::new()));
+    r.check("docker run --rm prints output", contains(env.run(&["run", "--rm", "ferry-busybox:test", "busybox", "echo", "hello-from-ferry"], None, 3 * MIN), "hello-from-ferry"));
+    r.check("echo hi | docker run -i --rm IMG cat (half-close reaches dockerd)", {
+        let o = env.run(&["run", "-i", "--rm", "ferry-busybox:test", "busybox", "cat"], Some(b"hi\n"), 3 * MIN);
+        o.and_then(|s| if s.trim() == "hi" { Ok(String::new()) } else { Err(format!("got {s:?}")) })
+    });
+    r.check("container clock agrees with the host (within 10 min)", {
+        env.run(&["run", "--rm", "ferry-busybox:test", "busybox", "date", "+%s"], None, 3 * MIN).and_then(|s| {
+            let vm: i64 = s.trim().parse().map_err(|_| format!("odd date {s:?}"))?;
+            let host = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+            if (vm - host).abs() < 600 { Ok(format!("skew {}s", vm - host)) } else { Err(format!("VM {vm}, host {host}")) }
+        })
+    });
+    r.check("bridge networking: one container serves HTTP, another fetches it", (|| {
+        let _ = env.run(&["rm", "-f", "web"], None, MIN);
+        env.run(&["network", "create", "ferrynet"], None, MIN)?;
+        env.run(&["run", "-d", "--name", "web", "--network", "ferrynet", "ferry-busybox:test", "busybox", "sh", "-c", "mkdir -p /www && echo served-by-web > /www/index.html && exec busybox httpd -f -p 80 -h /www"], None, 2 * MIN)?;
+        retry(MIN, || contains(env.run(&["run", "--rm", "--network", "ferrynet", "ferry-busybox:test", "busybox", "wget", "-qO-", "http://web/"], None, 2 * MIN), "served-by-web"))
+    })());
+    r.check("docker exec -it attaches a TTY through the front door", {
+        let cmd = format!(
+            "DOCKER_HOST={} DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH={} docker exec -it web busybox sh -c 'echo in-tty; busybox tty'",
+            env.host, env.cert_path
+        );
+        let o = run(Command::new("script").args(["-qec", &cmd, "/dev/null"]), None, 2 * MIN);
+        o.and_then(|s| if s.contains("in-tty") && s.contains("/dev/pts/") { Ok(String::new()) } else { Err(format!("got {s:?}")) })
+    });
+
+    // Refusals at the front door (curl as an independent TLS client).
+    let url = format!("https://127.0.0.1:{}/_ping", env.port());
+    let cp = |f: &str| format!("{}/{f}", env.cert_path);
+    r.check("control: curl with the client certificate gets OK", contains(run(Command::new("curl").args(["-sS", "--max-time", "20", "--cacert", &cp("ca.pem"), "--cert", &cp("cert.pem"), "--key", &cp("key.pem"), &url]), None, MIN), "OK"));
+    r.check("a client without a certificate is refused", match run(Command::new("curl").args(["-sS", "--max-time", "20", "--cacert", &cp("ca.pem"), &url]), None, MIN) {
+        Ok(o) if o.contains("OK") => Err(format!("answered: {o}")),
+        _ => Ok(String::new()),
+    });
+    r.check("a client certificate from another CA is refused", (|| {
+        let dir = home.join("other-ca");
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let b = ferry_engine::certs::generate("localhost", &[], time::OffsetDateTime::now_utc()).map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("cert.pem"), &b.client_cert).map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("key.pem"), &b.client_key).map_err(|e| e.to_string())?;
+        let d = |f: &str| dir.join(f).display().to_string();
+        match run(Command::new("curl").args(["-sS", "--max-time", "20", "--cacert", &cp("ca.pem"), "--cert", &d("cert.pem"), "--key", &d("key.pem"), &url]), None, MIN) {
+            Ok(o) if o.contains("OK") => Err(format!("answered: {o}")),
+            _ => Ok(String::new()),
+        }
+    })());
+
+    // Inside, over ssh with the machine's key.
+    let ssh = |cmd: &str| ferry(&home, &["ssh", "e2e", "--", cmd], 2 * MIN);
+    r.check("ssh docker@ with the machine key; /etc/os-release says ID=boot2docker", contains(ssh("cat /etc/os-release"), "ID=boot2docker"));
+    r.check("DHCP configured eth0", contains(ssh("ip -4 addr show eth0"), "10.0.2.15"));
+    r.check("modules coldplugged (virtio_net, qemu_fw_cfg) and modprobe applet works", (|| {
+        ssh("sudo /sbin/modprobe dummy")?;
+        let m = ssh("cat /proc/modules")?;
+        let missing: Vec<&str> = ["virtio_net", "qemu_fw_cfg", "overlay", "dummy", "bridge"].into_iter().filter(|x| !m.contains(x)).collect();
+        if missing.is_empty() { Ok(String::new()) } else { Err(format!("not loaded: {missing:?}")) }
+    })());
+    r.check("no zombie processes (PID 1 reaps)", ssh("grep -l '^State:.*Z' /proc/[0-9]*/status || true").and_then(|o| if o.trim().is_empty() { Ok(String::new()) } else { Err(o) }));
+    r.check("root is an overlay (pivot_root-capable, not the initramfs)", contains(ssh("grep ' / ' /proc/mounts"), "overlay"));
+    r.check("/etc/init.d/docker status|stop|start control dockerd through the manager", (|| {
+        contains(ssh("sudo /etc/init.d/docker status"), "running")?;
+        contains(ssh("sudo /etc/init.d/docker stop"), "stopped")?;
+        if env.run(&["version", "--format", "{{.Server.Version}}"], None, MIN).is_ok() {
+            return Err("dockerd still answers after stop".into());
+        }
+        match ssh("sudo /etc/init.d/docker status") {
+            Err(e) if e.contains("not running") => {}
+            other => return Err(format!("status after stop: {other:?}")),
+        }
+        contains(ssh("sudo /etc/init.d/docker start"), "started")?;
+        contains(env.run(&["version", "--format", "{{.Server.Version}}"], None, MIN), "26.")?;
+        contains(ssh("sudo /etc/init.d/docker restart"), "started")
+    })());
+
+    // Shutdown: ACPI power-down through QMP; the engine must stop before power-off.
+    let t = Instant::now();
+    let stop = ferry(&home, &["stop", "e2e"], 3 * MIN);
+    let took = t.elapsed();
+    r.check("ferry stop powers off within 60 s", stop.and_then(|_| if took <= MIN { Ok(format!("{:.1}s", took.as_secs_f64())) } else { Err(format!("took {took:?}")) }));
+    r.check("console shows the engine stopping before power-off", {
+        let c = console("e2e");
+        match (c.find("[shutdown] engine stopped"), c.find("PowerOff now")) {
+            (Some(a), Some(b)) if a < b => Ok(String::new()),
+            _ => Err(format!("console tail: {}", c.lines().rev().take(15).collect::<Vec<_>>().join(" | "))),
+        }
+    });
+
+    bad_tls_boot(&mut r, &home);
+    let _ = std::fs::remove_dir_all(&home);
+    r.finish("e2e");
+}
+
+/// Boot 2: fw_cfg userdata with a server key that does not match its certificate. The console must name the
+/// file, and the engine must come up with generated certificates (client bundle in ~docker/.docker).
+fn bad_tls_boot(r: &mut Report, home: &Path) {
+    use ferry_builder::machine::Machine;
+    use ferry_init::userdata;
+    std::env::set_var("FERRY_HOME", home);
+    let m = match Machine::named("e2e-badtls") {
+        Ok(m) => m,
+        Err(e) => {
+            r.check("bad TLS boot setup", Err(e.to_string()));
+            return;
+        }
+    };
+    let setup = (|| -> Result<(), String> {
+        m.create().map_err(|e| e.to_string())?;
+        let now = time::OffsetDateTime::now_utc();
+        let a = ferry_engine::certs::generate("localhost", &[], now).map_err(|e| e.to_string())?;
+        let b = ferry_engine::certs::generate("localhost", &[], now).map_err(|e| e.to_string())?;
+        let key = std::fs::read(m.path("id_ed25519.pub")).map_err(|e| e.to_string())?;
+        let tar = userdata::write(&[
+            userdata::file(".ssh/authorized_keys", 0o644, key),
+            userdata::file("tls/ca.pem", 0o644, a.ca_cert.clone()),
+            userdata::file("tls/server.pem", 0o644, a.server_cert.clone()),
+            userdata::file("tls/server-key.pem", 0o600, b.server_key.clone()),
+        ]);
+        std::fs::write(m.path("userdata.tar"), tar).map_err(|e| e.to_string())?;
+        let p = m.ports().map_err(|e| e.to_string())?;
+        ferry_builder::qemu::Launch {
+            kernel: out_dir().join("vmlinuz"),
+            initrd: out_dir().join("initrd.img"),
+            append: "console=ttyS0,115200 quiet panic=-1 ferry.hostname=badtls".into(),
+            memory_mb: 2048,
+            cpus: 2,
+            fw_cfg_userdata: Some(m.path("userdata.tar")),
+            forwards: vec![(p.api, 2376), (p.ssh, 22)],
+            console_log: m.path("console.log"),
+            qmp: m.path("qmp.sock"),
+            pidfile: m.path("qemu.pid"),
+        }
+        .start()
+        .map_err(|e| e.to_string())
+    })();
+    if !r.check("bad TLS boot: QEMU starts with mismatched server key in fw_cfg", setup.map(|_| String::new())) {
+        return;
+    }
+    let console = || std::fs::read_to_string(m.path("console.log")).unwrap_or_default();
+    let ready = retry(10 * MIN, || if console().contains("engine ready") { Ok(()) } else { Err(format!("console tail: {}", console().lines().rev().take(10).collect::<Vec<_>>().join(" | "))) });
+    r.check("bad TLS: console names server-key.pem and the engine still starts", ready.and_then(|_| {
+        let c = console();
+        if c.contains("server-key.pem does not match") && c.contains("using generated certificates") { Ok(String::new()) } else { Err("no clear error naming server-key.pem on the console".into()) }
+    }));
+    r.check("bad TLS: generated client bundle works with the docker CLI", (|| {
+        let dir = home.join("badtls-client");
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        for f in ["ca.pem", "cert.pem", "key.pem"] {
+            let o = retry(2 * MIN, || run(Command::new(ferry_bin()).args(["ssh", "e2e-badtls", "--", &format!("cat ~/.docker/{f}")]).env("FERRY_HOME", home), None, MIN))?;
+            std::fs::write(dir.join(f), o).map_err(|e| e.to_string())?;
+        }
+        let p = m.ports().map_err(|e| e.to_string())?;
+        let env = DockerEnv { host: format!("tcp://127.0.0.1:{}", p.api), cert_path: dir.display().to_string() };
+        contains(env.run(&["version", "--format", "{{.Server.Version}}"], None, 2 * MIN), "26.")
+    })());
+    let _ = run(Command::new(ferry_bin()).args(["stop", "e2e-badtls"]).env("FERRY_HOME", home), None, 3 * MIN);
+}

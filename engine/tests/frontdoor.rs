@@ -1,0 +1,204 @@
+//! The front door against a local unix-socket server standing in for dockerd: half-close both ways
+//! (close_notify and bare FIN), an HTTP upgrade carrying bytes both ways, and refusals.
+use ferry_engine::{certs, frontdoor, material};
+use rustls::pki_types::ServerName;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixListener};
+
+struct Fixture {
+    dir: PathBuf,
+    addr: std::net::SocketAddr,
+    upstream_connections: Arc<AtomicUsize>,
+    bundle: certs::Bundle,
+}
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ferry-frontdoor-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Upstream behaviour: "echo-at-eof" answers `got:<everything>` after the client half-closes;
+/// "upgrade" answers an HTTP upgrade with 101 and then echoes bytes as they come.
+async fn upstream(listener: UnixListener, mode: &'static str, count: Arc<AtomicUsize>) {
+    loop {
+        let (mut s, _) = listener.accept().await.unwrap();
+        count.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(async move {
+            if mode == "echo-at-eof" {
+                let mut all = Vec::new();
+                s.read_to_end(&mut all).await.unwrap();
+                s.write_all(b"got:").await.unwrap();
+                s.write_all(&all).await.unwrap();
+                s.shutdown().await.unwrap();
+            } else {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut b).await.unwrap() == 0 {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                assert!(String::from_utf8_lossy(&head).contains("Upgrade: tcp"));
+                s.write_all(b"HTTP/1.1 101 UPGRADED\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n").await.unwrap();
+                let mut buf = [0u8; 1024];
+                loop {
+                    let n = s.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    s.write_all(&buf[..n]).await.unwrap();
+                }
+            }
+        });
+    }
+}
+
+async fn fixture(tag: &str, mode: &'static str) -> Fixture {
+    let dir = tmpdir(tag);
+    let bundle = certs::generate("localhost", &[], time::OffsetDateTime::now_utc()).unwrap();
+    std::fs::write(dir.join("ca.pem"), &bundle.ca_cert).unwrap();
+    std::fs::write(dir.join("server.pem"), &bundle.server_cert).unwrap();
+    std::fs::write(dir.join("server-key.pem"), &bundle.server_key).unwrap();
+    let cfg = material::server_config(&dir.join("ca.pem"), &dir.join("server.pem"), &dir.join("server-key.pem")).unwrap();
+    let sock = dir.join("docker.sock");
+    let count = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(upstream(UnixListener::bind(&sock).unwrap(), mode, count.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shared = Arc::new(RwLock::new(Arc::new(cfg)));
+    tokio::spawn(frontdoor::serve(listener, shared, sock, Arc::new(|_: &str| {})));
+    Fixture { dir, addr, upstream_connections: count, bundle }
+}
+
+fn client_config(ca: &str, cert: Option<(&str, &str)>, tls12_only: bool) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut ca.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let versions: &[&rustls::SupportedProtocolVersion] = if tls12_only { &[&rustls::version::TLS12] } else { &[&rustls::version::TLS13, &rustls::version::TLS12] };
+    let b = rustls::ClientConfig::builder_with_provider(material::provider()).with_protocol_versions(versions).unwrap().with_root_certificates(roots);
+    match cert {
+        Some((c, k)) => {
+            let chain = rustls_pemfile::certs(&mut c.as_bytes()).map(|x| x.unwrap()).collect();
+            let key = rustls_pemfile::private_key(&mut k.as_bytes()).unwrap().unwrap();
+            b.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => b.with_no_client_auth(),
+    }
+}
+
+async fn connect(f: &Fixture, cfg: rustls::ClientConfig) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(f.addr).await?;
+    tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(ServerName::try_from("localhost").unwrap(), tcp).await
+}
+
+fn good(f: &Fixture) -> rustls::ClientConfig {
+    client_config(&f.bundle.ca_cert, Some((&f.bundle.client_cert, &f.bundle.client_key)), false)
+}
+
+#[tokio::test]
+async fn half_close_with_close_notify_reaches_upstream() {
+    let f = fixture("notify", "echo-at-eof").await;
+    let mut s = connect(&f, good(&f)).await.unwrap();
+    s.write_all(b"hi\n").await.unwrap();
+    s.shutdown().await.unwrap(); // close_notify + FIN
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    assert_eq!(out, b"got:hi\n");
+    let _ = std::fs::remove_dir_all(&f.dir);
+}
+
+#[tokio::test]
+async fn half_close_with_bare_fin_reaches_upstream() {
+    let f = fixture("fin", "echo-at-eof").await;
+    let mut s = connect(&f, good(&f)).await.unwrap();
+    s.write_all(b"data").await.unwrap();
+    s.flush().await.unwrap();
+    s.get_mut().0.shutdown().await.unwrap(); // TCP FIN without a TLS close_notify (some clients do this)
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    assert_eq!(out, b"got:data");
+    let _ = std::fs::remove_dir_all(&f.dir);
+}
+
+#[tokio::test]
+async fn upgraded_connection_carries_bytes_both_ways() {
+    let f = fixture("upgrade", "upgrade").await;
+    let mut s = connect(&f, good(&f)).await.unwrap();
+    s.write_all(b"POST /containers/x/attach?stream=1 HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    for msg in [&b"first"[..], b"second"] {
+        s.write_all(msg).await.unwrap();
+        let mut got = vec![0u8; msg.len()];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, msg);
+    }
+    let _ = std::fs::remove_dir_all(&f.dir);
+}
+
+/// A refused client never gets bytes from upstream and upstream never sees a connection.
+async fn assert_refused(f: &Fixture, cfg: rustls::ClientConfig) {
+    if let Ok(mut s) = connect(f, cfg).await {
+        let _ = s.write_all(b"GET /_ping HTTP/1.0\r\n\r\n").await;
+        let mut out = Vec::new();
+        let r = s.read_to_end(&mut out).await;
+        assert!(r.is_err() || out.is_empty(), "refused client got {out:?}");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(f.upstream_connections.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn clients_without_a_valid_certificate_are_refused() {
+    let f = fixture("refuse", "echo-at-eof").await;
+    assert_refused(&f, client_config(&f.bundle.ca_cert, None, false)).await;
+    assert_refused(&f, client_config(&f.bundle.ca_cert, None, true)).await;
+    let other = certs::generate("localhost", &[], time::OffsetDateTime::now_utc()).unwrap();
+    assert_refused(&f, client_config(&f.bundle.ca_cert, Some((&other.client_cert, &other.client_key)), false)).await;
+    assert_refused(&f, client_config(&f.bundle.ca_cert, Some((&other.client_cert, &other.client_key)), true)).await;
+    // Plaintext HTTP on the TLS port.
+    let mut tcp = TcpStream::connect(f.addr).await.unwrap();
+    tcp.write_all(b"GET /_ping HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    let _ = tcp.read_to_end(&mut out).await;
+    assert!(!String::from_utf8_lossy(&out).contains("OK"));
+    assert_eq!(f.upstream_connections.load(Ordering::SeqCst), 0);
+    let _ = std::fs::remove_dir_all(&f.dir);
+}
+
+#[test]
+fn mismatched_key_and_bad_pem_are_named() {
+    let dir = tmpdir("material");
+    let a = certs::generate("localhost", &[], time::OffsetDateTime::now_utc()).unwrap();
+    let b = certs::generate("localhost", &[], time::OffsetDateTime::now_utc()).unwrap();
+    std::fs::write(dir.join("ca.pem"), &a.ca_cert).unwrap();
+    std::fs::write(dir.join("server.pem"), &a.server_cert).unwrap();
+    std::fs::write(dir.join("server-key.pem"), &b.server_key).unwrap();
+    let e = material::server_config(&dir.join("ca.pem"), &dir.join("server.pem"), &dir.join("server-key.pem")).unwrap_err().to_string();
+    assert!(e.contains("server-key.pem does not match"), "{e}");
+    std::fs::write(dir.join("ca.pem"), "not a pem").unwrap();
+    let e = material::server_config(&dir.join("ca.pem"), &dir.join("server.pem"), &dir.join("server-key.pem")).unwrap_err().to_string();
+    assert!(e.contains("ca.pem"), "{e}");
+    // resolve() falls back to a generated set and says why.
+    let lines = std::sync::Mutex::new(Vec::new());
+    let paths = material::Paths { tls_dir: dir.clone(), client_dir: Some(dir.join("client")) };
+    let m = material::resolve(&paths, "box", &[], None, &|l: &str| lines.lock().unwrap().push(l.to_string())).unwrap();
+    assert!(m.source.starts_with("generated"));
+    assert!(lines.lock().unwrap().iter().any(|l| l.contains("ca.pem")));
+    assert!(dir.join("client/key.pem").is_file());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(dir.join("generated/ca-key.pem")).unwrap().permissions().mode() & 0o777, 0o600);
+    let _ = std::fs::remove_dir_all(&dir);
+}
