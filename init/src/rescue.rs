@@ -12,6 +12,7 @@ pub fn shell_forever(why: &str) -> ! {
                 if sh.ends_with("busybox") {
                     cmd.arg("sh");
                 }
+                crate::sys::unblock_signals_in_child(&mut cmd);
                 match cmd.spawn() {
                     Ok(child) => {
                         let pid = child.id() as libc::pid_t;

@@ -125,10 +125,12 @@ impl Supervisor {
         let Some(s) = self.services.iter_mut().find(|s| s.spec.name == name) else { return false };
         s.enabled = false;
         let Some(pid) = s.pid else { return false };
+        // Interactive shells ignore SIGTERM; a terminal session ends with a hang-up.
+        let sig = if matches!(s.spec.output, Output::Tty(_)) { libc::SIGHUP } else { libc::SIGTERM };
         // SAFETY: signalling our own child.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+        unsafe { libc::kill(pid, sig) };
         if !wait_pid(pid, timeout) {
-            log::line(&format!("service {name} ignored SIGTERM for {}s; killing it", timeout.as_secs()));
+            log::line(&format!("service {name} did not stop within {}s; killing it", timeout.as_secs()));
             // SAFETY: as above.
             unsafe { libc::kill(pid, libc::SIGKILL) };
             wait_pid(pid, Duration::from_secs(5));
@@ -197,6 +199,7 @@ fn spawn(spec: &ServiceSpec) -> std::io::Result<i32> {
         _ => None,
     };
     let groups: Vec<libc::gid_t> = user.map(|u| u.2.to_vec()).unwrap_or_default();
+    crate::sys::unblock_signals_in_child(&mut cmd);
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
