@@ -15,6 +15,24 @@ pub struct Bundle {
     pub client_key: String,
 }
 
+impl Bundle {
+    /// Write all six files with docker's names (ca, server, client = cert/key); keys get mode 0600.
+    pub fn write_to(&self, dir: &std::path::Path) -> Result<()> {
+        std::fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
+        for (name, text, mode) in [
+            ("ca.pem", &self.ca_cert, 0o644),
+            ("ca-key.pem", &self.ca_key, 0o600),
+            ("server.pem", &self.server_cert, 0o644),
+            ("server-key.pem", &self.server_key, 0o600),
+            ("cert.pem", &self.client_cert, 0o644),
+            ("key.pem", &self.client_key, 0o600),
+        ] {
+            write_file(&dir.join(name), text, mode)?;
+        }
+        Ok(())
+    }
+}
+
 pub struct Ca {
     issuer: rcgen::Issuer<'static, KeyPair>,
     pub cert_pem: String,

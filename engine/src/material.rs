@@ -82,17 +82,7 @@ pub fn resolve(paths: &Paths, hostname: &str, ips: &[std::net::IpAddr], floor: O
     let now = time::OffsetDateTime::now_utc();
     certs::check_clock(now, floor)?;
     let b = certs::generate(hostname, ips, now)?;
-    std::fs::create_dir_all(&g).ctx(|| format!("create {}", g.display()))?;
-    for (name, text, mode) in [
-        ("ca.pem", &b.ca_cert, 0o644),
-        ("ca-key.pem", &b.ca_key, 0o600),
-        ("server.pem", &b.server_cert, 0o644),
-        ("server-key.pem", &b.server_key, 0o600),
-        ("cert.pem", &b.client_cert, 0o644),
-        ("key.pem", &b.client_key, 0o600),
-    ] {
-        certs::write_file(&g.join(name), text, mode)?;
-    }
+    b.write_to(&g)?;
     if let Some(cd) = &paths.client_dir {
         install_client_bundle(cd, &b).unwrap_or_else(|e| log(&format!("ERROR: client bundle: {e}")));
     }

@@ -76,16 +76,7 @@ impl Machine {
         }
         let now = time_now();
         let b = ferry_engine::certs::generate("localhost", &[], now).map_err(|e| Error::msg(format!("generate certificates: {e}")))?;
-        for (name, text, mode) in [
-            ("ca.pem", &b.ca_cert, 0o644),
-            ("ca-key.pem", &b.ca_key, 0o600),
-            ("server.pem", &b.server_cert, 0o644),
-            ("server-key.pem", &b.server_key, 0o600),
-            ("cert.pem", &b.client_cert, 0o644),
-            ("key.pem", &b.client_key, 0o600),
-        ] {
-            ferry_engine::certs::write_file(&self.path(name), text, mode).map_err(|e| Error::msg(e.to_string()))?;
-        }
+        b.write_to(&self.dir).map_err(|e| Error::msg(e.to_string()))?;
         let pubkey = std::fs::read(self.path("id_ed25519.pub")).ctx(|| "read the machine's public key".into())?;
         let tar = userdata::write(&[
             userdata::dir(".ssh", 0o700),
@@ -99,6 +90,23 @@ impl Machine {
         std::fs::write(self.path("userdata.tar"), tar).ctx(|| "write userdata.tar".into())?;
         let (api, ssh) = (free_port()?, free_port()?);
         std::fs::write(self.path("ports"), format!("{api} {ssh}\n")).ctx(|| "write ports".into())
+    }
+
+    /// QEMU for this machine: its userdata via fw_cfg, loopback forwards to 2376 and 22, its console log.
+    pub fn launch(&self, out: &std::path::Path, append: &str) -> Result<crate::qemu::Launch> {
+        let p = self.ports()?;
+        Ok(crate::qemu::Launch {
+            kernel: out.join("vmlinuz"),
+            initrd: out.join("initrd.img"),
+            append: append.to_string(),
+            memory_mb: std::env::var("FERRY_MEMORY").ok().and_then(|v| v.parse().ok()).unwrap_or(2048),
+            cpus: 2,
+            fw_cfg_userdata: Some(self.path("userdata.tar")),
+            forwards: vec![(p.api, 2376), (p.ssh, 22)],
+            console_log: self.path("console.log"),
+            qmp: self.path("qmp.sock"),
+            pidfile: self.path("qemu.pid"),
+        })
     }
 
     pub fn env_lines(&self) -> Result<String> {

@@ -96,18 +96,7 @@ fn up(name: &str) -> Result<i32> {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], ports.api));
     if m.pid().is_none() {
         let step = util::Step::start(format!("boot {name} under QEMU ({})", qemu::accel()));
-        let launch = qemu::Launch {
-            kernel: inp.out.join("vmlinuz"),
-            initrd: inp.out.join("initrd.img"),
-            append: format!("console=tty0 console=ttyS0,115200 quiet panic=-1 ferry.hostname={name}"),
-            memory_mb: std::env::var("FERRY_MEMORY").ok().and_then(|v| v.parse().ok()).unwrap_or(2048),
-            cpus: 2,
-            fw_cfg_userdata: Some(m.path("userdata.tar")),
-            forwards: vec![(ports.api, 2376), (ports.ssh, 22)],
-            console_log: m.path("console.log"),
-            qmp: m.path("qmp.sock"),
-            pidfile: m.path("qemu.pid"),
-        };
+        let launch = m.launch(&inp.out, &format!("console=tty0 console=ttyS0,115200 quiet panic=-1 ferry.hostname={name}"))?;
         launch.start()?;
         wait_ready(&m, addr, cfg.clone(), Duration::from_secs(600))?;
         step.done("engine answers /_ping over mTLS");

@@ -120,7 +120,7 @@ impl DockerEnv {
 pub fn busybox_rootfs_tar() -> Result<Vec<u8>, String> {
     let bb = ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| Path::new(p).exists()).ok_or("busybox-static is not installed on the host (./ferry installs it)")?;
     let data = std::fs::read(bb).map_err(|e| format!("read {bb}: {e}"))?;
-    if data.windows(13).any(|w| w == b"ld-linux-x86-") {
+    if has_interpreter(&data) {
         return Err(format!("{bb} is dynamically linked; install busybox-static"));
     }
     use ferry_init::userdata::{dir, file, write};
@@ -131,6 +131,13 @@ pub fn busybox_rootfs_tar() -> Result<Vec<u8>, String> {
         file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/busybox\n".to_vec()),
         dir("tmp", 0o1777),
     ]))
+}
+
+/// Does this ELF64 binary ask for a dynamic loader (a PT_INTERP program header)?
+fn has_interpreter(elf: &[u8]) -> bool {
+    let rd = |o: usize, n: usize| elf.get(o..o + n).map(|b| b.iter().rev().fold(0usize, |a, &x| (a << 8) | x as usize));
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (rd(0x20, 8), rd(0x36, 2), rd(0x38, 2)) else { return true };
+    (0..phnum).any(|i| rd(phoff + i * phentsize, 4) == Some(3))
 }
 
 /// Wait until `f` returns Ok or the timeout passes; returns the last result.
