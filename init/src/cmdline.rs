@@ -8,6 +8,8 @@ pub struct Cmdline {
     /// Bench mode: power off as soon as PID 1 starts (measures the kernel alone).
     pub bench_poweroff: bool,
     pub rescue: bool,
+    /// Test hook: stop first boot at this point of the disk setup (see disk::PAUSE_POINTS).
+    pub pause: Option<String>,
     /// Problems found while parsing, printed by init on the console.
     pub warnings: Vec<String>,
 }
@@ -53,6 +55,13 @@ impl Cmdline {
                 },
                 ("ferry.bench", Some("poweroff")) => c.bench_poweroff = true,
                 ("ferry.rescue", None) => c.rescue = true,
+                ("ferry.debug.pause", Some(v)) => {
+                    if crate::disk::PAUSE_POINTS.contains(&v) {
+                        c.pause = Some(v.to_string());
+                    } else {
+                        c.warnings.push(format!("ignoring ferry.debug.pause={v:?}: use one of {:?}", crate::disk::PAUSE_POINTS));
+                    }
+                }
                 (k, _) if k.starts_with("ferry.") => {
                     c.warnings.push(format!("unknown kernel option {word:?}"))
                 }

@@ -2,14 +2,10 @@
 //! top, move the API filesystems across, free the initramfs, switch root and exec stage B.
 //! runc's pivot_root needs a real mount as `/`; this gives it one without DOCKER_RAMDISK.
 use crate::error::{Context, Error, Result};
-use crate::{kmod, log, mounts, sys};
-use std::os::fd::AsRawFd;
+use crate::{kmod, log, loopdev, mounts, sys};
 
 pub const IMAGE: &str = "/rootfs.squashfs";
 pub const MARKER: &str = "/ferry-initramfs";
-
-const LOOP_SET_FD: libc::c_ulong = 0x4C00;
-const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 
 /// Is this process running from Ferry's initramfs?
 pub fn in_initramfs() -> bool {
@@ -32,38 +28,8 @@ pub fn load_early_modules() -> Result<()> {
     Ok(())
 }
 
-fn attach_loop(image: &str) -> Result<String> {
-    let ctl = std::fs::OpenOptions::new().read(true).write(true).open("/dev/loop-control").ctx(|| "open /dev/loop-control".into())?;
-    // SAFETY: ioctl without memory arguments.
-    let n = unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE) };
-    if n < 0 {
-        return Err(Error::last_os("find a free loop device"));
-    }
-    let dev = format!("/dev/loop{n}");
-    let backing = std::fs::File::open(image).ctx(|| format!("open {image}"))?;
-    // devtmpfs creates the node asynchronously; give it a moment.
-    let mut tries = 0;
-    let loopdev = loop {
-        match std::fs::OpenOptions::new().read(true).open(&dev) {
-            Ok(f) => break f,
-            Err(e) if tries < 50 => {
-                let _ = e;
-                tries += 1;
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            Err(e) => return Err(Error::io(format!("open {dev}"), e)),
-        }
-    };
-    // A read-only backing fd makes a read-only loop device.
-    // SAFETY: both fds are valid for the duration of the call.
-    if unsafe { libc::ioctl(loopdev.as_raw_fd(), LOOP_SET_FD, backing.as_raw_fd()) } != 0 {
-        return Err(Error::last_os(format!("attach {image} to {dev}")));
-    }
-    Ok(dev)
-}
-
 pub fn build_newroot() -> Result<()> {
-    let dev = attach_loop(IMAGE)?;
+    let dev = loopdev::attach(IMAGE, None, false)?.keep();
     for d in ["/lower", "/rw", "/newroot"] {
         sys::mkdir_p(d, 0o755)?;
     }

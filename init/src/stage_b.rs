@@ -4,7 +4,7 @@ use crate::cmdline::Cmdline;
 use crate::error::{Error, Result};
 use crate::services::{self, Supervisor};
 use crate::shutdown::{self, Action};
-use crate::{clock, coldplug, dhcp, fwcfg, kmod, log, mounts, net, powerbutton, rescue, sys};
+use crate::{clock, coldplug, dhcp, disk, kmod, log, mounts, net, powerbutton, provision, rescue, sys};
 use std::net::Ipv4Addr;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -46,13 +46,18 @@ pub fn run() -> ! {
         Ok(())
     });
     let _ = log::phase("clock", || clock::apply_floor().map(|note| log::line(&note)));
+    // The disk comes before the network so the persisted hostname is the one DHCP announces.
+    let outcome = log::phase("disk", || {
+        let o = disk::setup(cmdline.disk.as_deref(), cmdline.pause.as_deref());
+        if matches!(o, disk::Outcome::Ram) {
+            mounts::mount_all(mounts::RAM_DATA)?;
+        }
+        Ok(o)
+    });
+    let persistent = matches!(outcome, Ok(disk::Outcome::Persistent { .. }));
     let hostname = pick_hostname(&cmdline);
     let _ = log::phase("network", || network(&hostname));
-    let _ = log::phase("disk", || {
-        log::line("no data disk support in this build: containers, images and volumes live in RAM");
-        mounts::mount_all(mounts::RAM_DATA)
-    });
-    let _ = log::phase("userdata", || fwcfg::provision().map(|s| log::line(&s)));
+    let _ = log::phase("userdata", || provision::run(persistent).map(|s| log::line(&s)));
 
     let mut sup = Supervisor::default();
     let _ = log::phase("services", || {

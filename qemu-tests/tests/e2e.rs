@@ -187,49 +187,66 @@ fn main() {
     });
 
     bad_tls_boot(&mut r, &home);
+    garbage_userdata_boot(&mut r, &home);
     let _ = std::fs::remove_dir_all(&home);
     r.finish("e2e");
+}
+
+/// Boot a machine whose fw_cfg userdata is `make(public ssh key)`; wait for "engine ready" on its console.
+fn bad_boot(r: &mut Report, home: &Path, name: &str, make: impl FnOnce(Vec<u8>) -> Vec<u8>) -> Option<ferry_builder::machine::Machine> {
+    use ferry_builder::machine::Machine;
+    std::env::set_var("FERRY_HOME", home);
+    let setup = (|| -> Result<Machine, String> {
+        let m = Machine::named(name).map_err(|e| e.to_string())?;
+        m.create().map_err(|e| e.to_string())?;
+        let key = std::fs::read(m.path("id_ed25519.pub")).map_err(|e| e.to_string())?;
+        std::fs::write(m.path("userdata.tar"), make(key)).map_err(|e| e.to_string())?;
+        m.launch(&out_dir(), &format!("console=ttyS0,115200 quiet panic=-1 ferry.hostname={name}")).map_err(|e| e.to_string())?.start().map_err(|e| e.to_string())?;
+        Ok(m)
+    })();
+    let m = match setup {
+        Ok(m) => m,
+        Err(e) => {
+            r.check(&format!("{name}: QEMU starts"), Err(e));
+            return None;
+        }
+    };
+    let console = || std::fs::read_to_string(m.path("console.log")).unwrap_or_default();
+    let ready = retry(10 * MIN, || if console().contains("engine ready") { Ok(()) } else { Err(format!("console tail: {}", console().lines().rev().take(10).collect::<Vec<_>>().join(" | "))) });
+    if let Err(e) = ready {
+        r.check(&format!("{name}: engine comes up"), Err(e));
+        let _ = run(Command::new(ferry_bin()).args(["stop", name]).env("FERRY_HOME", home), None, 3 * MIN);
+        return None;
+    }
+    Some(m)
+}
+
+fn console_has(m: &ferry_builder::machine::Machine, wants: &[&str]) -> Result<String, String> {
+    let c = std::fs::read_to_string(m.path("console.log")).unwrap_or_default();
+    let missing: Vec<&&str> = wants.iter().filter(|w| !c.contains(**w)).collect();
+    if missing.is_empty() { Ok(String::new()) } else { Err(format!("console lacks {missing:?}")) }
 }
 
 /// Boot 2: fw_cfg userdata with a server key that does not match its certificate. The console must name the
 /// file, and the engine must come up with generated certificates (client bundle in ~docker/.docker).
 fn bad_tls_boot(r: &mut Report, home: &Path) {
-    use ferry_builder::machine::Machine;
     use ferry_init::userdata;
-    std::env::set_var("FERRY_HOME", home);
-    let m = match Machine::named("e2e-badtls") {
-        Ok(m) => m,
-        Err(e) => {
-            r.check("bad TLS boot setup", Err(e.to_string()));
-            return;
-        }
+    let now = time::OffsetDateTime::now_utc();
+    let (Ok(a), Ok(b)) = (ferry_engine::certs::generate("localhost", &[], now), ferry_engine::certs::generate("localhost", &[], now)) else {
+        r.check("bad TLS: certificates for the test", Err("generation failed".into()));
+        return;
     };
-    let setup = (|| -> Result<(), String> {
-        m.create().map_err(|e| e.to_string())?;
-        let now = time::OffsetDateTime::now_utc();
-        let a = ferry_engine::certs::generate("localhost", &[], now).map_err(|e| e.to_string())?;
-        let b = ferry_engine::certs::generate("localhost", &[], now).map_err(|e| e.to_string())?;
-        let key = std::fs::read(m.path("id_ed25519.pub")).map_err(|e| e.to_string())?;
-        let tar = userdata::write(&[
+    let Some(m) = bad_boot(r, home, "e2e-badtls", |key| {
+        userdata::write(&[
             userdata::file(".ssh/authorized_keys", 0o644, key),
             userdata::file("tls/ca.pem", 0o644, a.ca_cert.clone()),
             userdata::file("tls/server.pem", 0o644, a.server_cert.clone()),
             userdata::file("tls/server-key.pem", 0o600, b.server_key.clone()),
-        ]);
-        std::fs::write(m.path("userdata.tar"), tar).map_err(|e| e.to_string())?;
-        m.launch(&out_dir(), "console=ttyS0,115200 quiet panic=-1 ferry.hostname=badtls").map_err(|e| e.to_string())?
-        .start()
-        .map_err(|e| e.to_string())
-    })();
-    if !r.check("bad TLS boot: QEMU starts with mismatched server key in fw_cfg", setup.map(|_| String::new())) {
+        ])
+    }) else {
         return;
-    }
-    let console = || std::fs::read_to_string(m.path("console.log")).unwrap_or_default();
-    let ready = retry(10 * MIN, || if console().contains("engine ready") { Ok(()) } else { Err(format!("console tail: {}", console().lines().rev().take(10).collect::<Vec<_>>().join(" | "))) });
-    r.check("bad TLS: console names server-key.pem and the engine still starts", ready.and_then(|_| {
-        let c = console();
-        if c.contains("server-key.pem does not match") && c.contains("using generated certificates") { Ok(String::new()) } else { Err("no clear error naming server-key.pem on the console".into()) }
-    }));
+    };
+    r.check("bad TLS: console names server-key.pem and the engine still starts", console_has(&m, &["server-key.pem does not match", "using generated certificates", "engine ready"]));
     r.check("bad TLS: generated client bundle works with the docker CLI", (|| {
         let dir = home.join("badtls-client");
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -241,5 +258,25 @@ fn bad_tls_boot(r: &mut Report, home: &Path) {
         let env = DockerEnv { host: format!("tcp://127.0.0.1:{}", p.api), cert_path: dir.display().to_string() };
         contains(env.run(&["version", "--format", "{{.Server.Version}}"], None, 2 * MIN), "26.")
     })());
+    // Hyper-V's shutdown integration and users run /sbin/poweroff; it must power the VM off cleanly.
+    r.check("sudo poweroff over ssh powers off within 60 s, engine stopped first", (|| {
+        let _ = run(Command::new(ferry_bin()).args(["ssh", "e2e-badtls", "--", "sudo poweroff"]).env("FERRY_HOME", home), None, MIN);
+        if !ferry_builder::qemu::wait_exit(&m.path("qemu.pid"), MIN) {
+            return Err("QEMU still running 60 s after poweroff".into());
+        }
+        let c = std::fs::read_to_string(m.path("console.log")).unwrap_or_default();
+        match (c.find("[shutdown] engine stopped"), c.find("PowerOff now")) {
+            (Some(a), Some(b)) if a < b => Ok(String::new()),
+            _ => Err("console lacks engine stop before power-off".into()),
+        }
+    })());
     let _ = run(Command::new(ferry_bin()).args(["stop", "e2e-badtls"]).env("FERRY_HOME", home), None, 3 * MIN);
+}
+
+/// Boot 3: fw_cfg carries bytes that are not a tar at all: a clear error naming the file, and the engine
+/// starts anyway with a generated set.
+fn garbage_userdata_boot(r: &mut Report, home: &Path) {
+    let Some(m) = bad_boot(r, home, "e2e-garbage", |_| b"this is not a tar archive\n".repeat(100)) else { return };
+    r.check("garbage fw_cfg userdata: console names it, engine starts with generated certificates", console_has(&m, &["opt/ferry/userdata.tar/raw: userdata.tar: header checksum mismatch", "continuing without it", "generated a CA", "engine ready"]));
+    let _ = run(Command::new(ferry_bin()).args(["stop", "e2e-garbage"]).env("FERRY_HOME", home), None, 3 * MIN);
 }
