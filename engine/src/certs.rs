@@ -117,20 +117,30 @@ impl Ca {
     }
 }
 
-/// The usual names: the hostname, localhost, and every address given plus the loopbacks.
-pub fn generate(hostname: &str, ips: &[IpAddr], now: OffsetDateTime) -> Result<Bundle> {
-    let ca = new_ca(now)?;
+/// A server certificate's DNS names: the hostname and localhost.
+pub fn server_names(hostname: &str) -> Vec<String> {
     let mut names = vec![hostname.to_string()];
     if hostname != "localhost" {
         names.push("localhost".into());
     }
-    let mut all_ips: Vec<IpAddr> = vec!["127.0.0.1".parse().unwrap_or(IpAddr::from([127, 0, 0, 1])), IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])];
+    names
+}
+
+/// A server certificate's addresses: the loopbacks and every address given.
+pub fn server_ips(ips: &[IpAddr]) -> Vec<IpAddr> {
+    let mut all: Vec<IpAddr> = vec![IpAddr::from([127, 0, 0, 1]), IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])];
     for ip in ips {
-        if !all_ips.contains(ip) {
-            all_ips.push(*ip);
+        if !all.contains(ip) {
+            all.push(*ip);
         }
     }
-    let (server_cert, server_key) = ca.server(&names, &all_ips, now)?;
+    all
+}
+
+/// The usual names: the hostname, localhost, and every address given plus the loopbacks.
+pub fn generate(hostname: &str, ips: &[IpAddr], now: OffsetDateTime) -> Result<Bundle> {
+    let ca = new_ca(now)?;
+    let (server_cert, server_key) = ca.server(&server_names(hostname), &server_ips(ips), now)?;
     let (client_cert, client_key) = ca.client("ferry-client", now)?;
     Ok(Bundle { ca_key: ca.key_pem(), ca_cert: ca.cert_pem, server_cert, server_key, client_cert, client_key })
 }

@@ -23,6 +23,9 @@ pub struct Dockerd {
     child: Option<Child>,
     /// Whether dockerd should be running (start/stop from the control socket flip it).
     pub wanted: bool,
+    /// From the profile: extra flags and environment for the next start.
+    pub extra_args: Vec<String>,
+    pub env: Vec<(String, String)>,
     failures: u32,
     started: Option<Instant>,
     /// Last exit or failed start (restart back-off counts from here).
@@ -31,11 +34,28 @@ pub struct Dockerd {
 
 impl Dockerd {
     pub fn new(binary: PathBuf, log_file: PathBuf, socket: PathBuf) -> Dockerd {
-        Dockerd { binary, log_file, socket, child: None, wanted: true, failures: 0, started: None, stopped_at: None }
+        Dockerd { binary, log_file, socket, child: None, wanted: true, extra_args: vec![], env: vec![], failures: 0, started: None, stopped_at: None }
     }
 
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().and_then(|c| c.id())
+    }
+
+    /// ARGS plus the profile's flags; a storage driver from the profile replaces the default one.
+    pub fn args(&self) -> Vec<String> {
+        let own_driver = self.extra_args.iter().any(|a| a == "-s" || a.starts_with("--storage-driver"));
+        let mut out: Vec<String> = Vec::new();
+        let mut i = 0;
+        while i < ARGS.len() {
+            if own_driver && ARGS[i] == "--storage-driver" {
+                i += 2;
+                continue;
+            }
+            out.push(ARGS[i].to_string());
+            i += 1;
+        }
+        out.extend(self.extra_args.iter().cloned());
+        out
     }
 
     pub fn start(&mut self) -> Result<()> {
@@ -52,7 +72,8 @@ impl Dockerd {
             .ctx(|| format!("open {}", self.log_file.display()))?;
         let log2 = log.try_clone().ctx(|| format!("dup {}", self.log_file.display()))?;
         let child = Command::new(&self.binary)
-            .args(ARGS)
+            .args(self.args())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(std::process::Stdio::null())
             .stdout(log)
             .stderr(log2)

@@ -63,6 +63,26 @@ pub async fn serve(listener: TcpListener, config: SharedConfig, upstream: PathBu
     }
 }
 
+/// Plain TCP to dockerd, no authentication: only for a profile's explicit DOCKER_TLS=no.
+pub async fn serve_plain(port: u16, upstream: PathBuf, log: Arc<dyn Fn(&str) + Send + Sync>) {
+    let listener = match TcpListener::bind(("0.0.0.0", port)).await {
+        Ok(l) => l,
+        Err(e) => return log(&format!("ERROR: listen on :{port}: {e}")),
+    };
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let Ok(permit) = slots.clone().try_acquire_owned() else { continue };
+        let upstream = upstream.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Ok(unix) = UnixStream::connect(&upstream).await {
+                splice(tcp, unix).await;
+            }
+        });
+    }
+}
+
 /// Copy both ways until both directions are finished.
 pub async fn splice<T: AsyncRead + AsyncWrite + Unpin>(client: T, unix: UnixStream) {
     let (mut cr, mut cw) = tokio::io::split(client);

@@ -6,3 +6,4 @@ pub mod dockerd;
 pub mod error;
 pub mod frontdoor;
 pub mod material;
+pub mod profile;

@@ -2,7 +2,7 @@
 //! /etc/init.d/docker).
 use ferry_engine::control::{self, Command, Reply};
 use ferry_engine::dockerd::{self, Dockerd};
-use ferry_engine::{frontdoor, material};
+use ferry_engine::{frontdoor, material, profile};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -14,6 +14,7 @@ const TLS_DIR: &str = "/var/lib/boot2docker/tls";
 const CLIENT_DIR: &str = "/home/docker/.docker";
 const BUILD_EPOCH: &str = "/etc/ferry/build-epoch";
 const PORT: u16 = 2376;
+const PLAIN_PORT: u16 = 2375;
 
 fn log(msg: &str) {
     println!("ferry-engine: {msg}");
@@ -77,7 +78,10 @@ fn addresses() -> Vec<IpAddr> {
         let mut p = head;
         while !p.is_null() {
             let a = (*p).ifa_addr;
-            if !a.is_null() {
+            let ifname = if (*p).ifa_name.is_null() { String::new() } else { std::ffi::CStr::from_ptr((*p).ifa_name).to_string_lossy().to_string() };
+            // Container bridges are dockerd's own, unreachable from outside; certificates need not follow them.
+            let docker_made = ifname == "docker0" || ifname.starts_with("br-") || ifname.starts_with("veth");
+            if !a.is_null() && !docker_made {
                 match (*a).sa_family as i32 {
                     libc::AF_INET => {
                         let sin = &*(a as *const libc::sockaddr_in);
@@ -99,19 +103,99 @@ fn addresses() -> Vec<IpAddr> {
     out
 }
 
-async fn load_material() -> Arc<rustls::ServerConfig> {
-    let floor = std::fs::read_to_string(BUILD_EPOCH).ok().and_then(|s| s.trim().parse().ok());
-    let paths = material::Paths { tls_dir: TLS_DIR.into(), client_dir: Some(CLIENT_DIR.into()) };
-    loop {
-        match material::resolve(&paths, &hostname(), &addresses(), floor, &log) {
-            Ok(m) => {
-                log(&format!("TLS material: {}", m.source));
-                return m.config;
+struct Engine {
+    d: Dockerd,
+    config: frontdoor::SharedConfig,
+    /// Where the current TLS material came from ("generated ..." follows address changes).
+    source: String,
+    /// The plain-HTTP listener on 2375, only while the profile says DOCKER_TLS=no.
+    plain: Option<tokio::task::JoinHandle<()>>,
+}
+
+fn paths() -> material::Paths {
+    material::Paths { tls_dir: TLS_DIR.into(), client_dir: Some(CLIENT_DIR.into()) }
+}
+
+/// Read the profile (docker-machine's settings) for the next dockerd start. Errors leave the defaults.
+async fn read_profile() -> profile::Profile {
+    match profile::load(Path::new(profile::PATH), profile::TIMEOUT).await {
+        Ok(Some(p)) => {
+            for n in &p.notes {
+                log(&format!("profile: {n}"));
             }
+            log(&format!("profile: {} dockerd flag(s), {} environment variable(s) from {}", p.args.len(), p.env.len(), profile::PATH));
+            p
+        }
+        Ok(None) => profile::Profile { tls: true, ..Default::default() },
+        Err(e) => {
+            log(&format!("ERROR: profile: {e}; starting dockerd with the defaults"));
+            profile::Profile { tls: true, ..Default::default() }
+        }
+    }
+}
+
+async fn resolve_material(p: &profile::Profile) -> ferry_engine::error::Result<material::Material> {
+    let floor = std::fs::read_to_string(BUILD_EPOCH).ok().and_then(|s| s.trim().parse().ok());
+    material::resolve(&paths(), p.tls_files.as_ref(), &hostname(), &addresses(), floor, &log)
+}
+
+/// TLS material for the first start: retried until it works (e.g. the clock is fixed), the front door
+/// cannot open without it.
+async fn first_material(p: &profile::Profile) -> material::Material {
+    loop {
+        match resolve_material(p).await {
+            Ok(m) => return m,
             Err(e) => {
                 log(&format!("ERROR: no usable TLS material: {e}; retrying in 10s"));
                 tokio::time::sleep(Duration::from_secs(10)).await;
             }
+        }
+    }
+}
+
+impl Engine {
+    /// Apply the profile before a start: dockerd's flags and environment, the TLS material (swapped into
+    /// the running front door), and the plain listener for an explicit DOCKER_TLS=no.
+    async fn apply_profile(&mut self) {
+        let p = read_profile().await;
+        self.d.extra_args = p.args.clone();
+        self.d.env = p.env.clone();
+        match resolve_material(&p).await {
+            Ok(m) => {
+                if m.source != self.source {
+                    log(&format!("TLS material: {}", m.source));
+                }
+                self.source = m.source;
+                match self.config.write() {
+                    Ok(mut c) => *c = m.config,
+                    Err(poisoned) => *poisoned.into_inner() = m.config,
+                }
+            }
+            Err(e) => log(&format!("ERROR: TLS material: {e}; keeping the current certificates")),
+        }
+        if !p.tls && self.plain.is_none() {
+            log(&format!("WARNING: DOCKER_TLS=no in the profile: the Docker API is served WITHOUT authentication on :{PLAIN_PORT}; anyone who can reach it controls this machine"));
+            self.plain = Some(tokio::spawn(frontdoor::serve_plain(PLAIN_PORT, dockerd::SOCKET.into(), Arc::new(log))));
+        } else if p.tls {
+            if let Some(h) = self.plain.take() {
+                h.abort();
+                log(&format!("plain API on :{PLAIN_PORT} closed (the profile no longer says DOCKER_TLS=no)"));
+            }
+        }
+    }
+
+    /// Re-issue a generated server certificate when the machine's names changed.
+    fn follow_addresses(&mut self) {
+        if !self.source.starts_with("generated") {
+            return;
+        }
+        match material::refresh_generated(&paths(), &hostname(), &addresses(), &log) {
+            Ok(Some(c)) => match self.config.write() {
+                Ok(mut cur) => *cur = Arc::new(c),
+                Err(poisoned) => *poisoned.into_inner() = Arc::new(c),
+            },
+            Ok(None) => {}
+            Err(e) => log(&format!("ERROR: re-issue the server certificate: {e}")),
         }
     }
 }
@@ -128,7 +212,9 @@ async fn bind() -> tokio::net::TcpListener {
     }
 }
 
-async fn start_and_wait(d: &mut Dockerd) -> Reply {
+async fn start_and_wait(e: &mut Engine) -> Reply {
+    e.apply_profile().await;
+    let d = &mut e.d;
     if let Err(e) = d.start() {
         d.failed_start();
         return Reply { code: 1, text: format!("ERROR: {e}") };
@@ -147,38 +233,41 @@ async fn start_and_wait(d: &mut Dockerd) -> Reply {
     Reply { code: 1, text: format!("docker did not answer within 90s; see {}", d.log_file.display()) }
 }
 
-async fn handle(d: &Mutex<Dockerd>, cmd: Command) -> Reply {
-    let mut d = d.lock().await;
+async fn handle(e: &Mutex<Engine>, cmd: Command) -> Reply {
+    let mut e = e.lock().await;
     match cmd {
         Command::Start => {
-            d.wanted = true;
-            start_and_wait(&mut d).await
+            e.d.wanted = true;
+            if e.d.pid().is_some() {
+                return Reply { code: 0, text: "docker is already running".into() };
+            }
+            start_and_wait(&mut e).await
         }
         Command::Stop => {
-            d.wanted = false;
+            e.d.wanted = false;
             let t = Instant::now();
-            match d.stop().await {
+            match e.d.stop().await {
                 Ok(true) => {
                     log(&format!("dockerd stopped in {:.2}s", t.elapsed().as_secs_f64()));
                     Reply { code: 0, text: "docker stopped".into() }
                 }
                 Ok(false) => Reply { code: 0, text: "docker was not running".into() },
-                Err(e) => Reply { code: 1, text: format!("ERROR: {e}") },
+                Err(err) => Reply { code: 1, text: format!("ERROR: {err}") },
             }
         }
         Command::Restart => {
-            let _ = d.stop().await;
-            d.wanted = true;
-            start_and_wait(&mut d).await
+            let _ = e.d.stop().await;
+            e.d.wanted = true;
+            start_and_wait(&mut e).await
         }
-        Command::Status => match d.pid() {
+        Command::Status => match e.d.pid() {
             Some(pid) => Reply { code: 0, text: format!("docker is running (pid {pid})") },
             None => Reply { code: 3, text: "docker is not running".into() },
         },
     }
 }
 
-async fn control_server(d: Arc<Mutex<Dockerd>>) {
+async fn control_server(d: Arc<Mutex<Engine>>) {
     let path = Path::new(control::SOCKET);
     if let Some(dir) = path.parent() {
         let _ = std::fs::create_dir_all(dir);
@@ -217,23 +306,26 @@ fn log_path() -> PathBuf {
 }
 
 async fn serve() -> i32 {
-    let d = Arc::new(Mutex::new(Dockerd::new(dockerd::binary(), log_path(), dockerd::SOCKET.into())));
-    // dockerd starts at once; the front door comes up as soon as TLS material is ready.
+    // Profile and TLS material first (the front door needs them), then the front door, then dockerd.
+    let p = read_profile().await;
+    let m = first_material(&p).await;
+    log(&format!("TLS material: {}", m.source));
+    let config = frontdoor::SharedConfig::new(RwLock::new(m.config));
+    let engine = Arc::new(Mutex::new(Engine { d: Dockerd::new(dockerd::binary(), log_path(), dockerd::SOCKET.into()), config: config.clone(), source: m.source, plain: None }));
+    let listener = bind().await;
+    log(&format!("front door listening on :{PORT} (TLS, client certificate required)"));
+    tokio::spawn(frontdoor::serve(listener, config, dockerd::SOCKET.into(), Arc::new(log)));
     {
-        let d2 = d.clone();
+        let e2 = engine.clone();
         tokio::spawn(async move {
-            let mut g = d2.lock().await;
+            let mut g = e2.lock().await;
             let r = start_and_wait(&mut g).await;
             if r.code != 0 {
                 log(&r.text);
             }
         });
     }
-    tokio::spawn(control_server(d.clone()));
-    let config = frontdoor::SharedConfig::new(RwLock::new(load_material().await));
-    let listener = bind().await;
-    log(&format!("front door listening on :{PORT} (TLS, client certificate required)"));
-    tokio::spawn(frontdoor::serve(listener, config, dockerd::SOCKET.into(), Arc::new(log)));
+    tokio::spawn(control_server(engine.clone()));
 
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
@@ -242,19 +334,24 @@ async fn serve() -> i32 {
             return 1;
         }
     };
+    let mut tick: u64 = 0;
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        let mut g = d.lock().await;
-        if let Some(status) = g.check_exit() {
-            if g.wanted {
-                log(&format!("dockerd exited ({status}); restarting in {}s", g.backoff().as_secs()));
+        tick += 1;
+        let mut g = engine.lock().await;
+        if tick % 10 == 0 {
+            g.follow_addresses();
+        }
+        if let Some(status) = g.d.check_exit() {
+            if g.d.wanted {
+                log(&format!("dockerd exited ({status}); restarting in {}s", g.d.backoff().as_secs()));
             }
         }
         // Wanted but not running (exited, or failed to start): start again once its back-off has passed.
-        if g.wanted && g.pid().is_none() && g.due() {
+        if g.d.wanted && g.d.pid().is_none() && g.d.due() {
             let r = start_and_wait(&mut g).await;
             if r.code != 0 {
                 log(&r.text);
@@ -263,8 +360,8 @@ async fn serve() -> i32 {
     }
     log("stopping dockerd (containers get SIGTERM)");
     let t = Instant::now();
-    let mut g = d.lock().await;
-    let _ = g.stop().await;
+    let mut g = engine.lock().await;
+    let _ = g.d.stop().await;
     log(&format!("dockerd stopped in {:.2}s", t.elapsed().as_secs_f64()));
     0
 }

@@ -61,8 +61,24 @@ pub struct Material {
     pub source: String,
 }
 
-/// Resolve the material; `log` receives one line per problem or decision.
-pub fn resolve(paths: &Paths, hostname: &str, ips: &[std::net::IpAddr], floor: Option<i64>, log: &dyn Fn(&str)) -> Result<Material> {
+/// The names a generated server certificate was issued for, one per line (hostname, then addresses).
+fn names_record(hostname: &str, ips: &[std::net::IpAddr]) -> String {
+    let mut s = format!("{hostname}\n");
+    for ip in ips {
+        s.push_str(&format!("{ip}\n"));
+    }
+    s
+}
+
+/// Resolve the material, in order: the profile's CACERT/SERVERCERT/SERVERKEY (docker-machine), Ferry's
+/// provisioned tls/, the generated set (made on first use). `log` receives one line per problem or decision.
+pub fn resolve(paths: &Paths, profile_files: Option<&(PathBuf, PathBuf, PathBuf)>, hostname: &str, ips: &[std::net::IpAddr], floor: Option<i64>, log: &dyn Fn(&str)) -> Result<Material> {
+    if let Some((ca, cert, key)) = profile_files {
+        match server_config(ca, cert, key) {
+            Ok(c) => return Ok(Material { config: Arc::new(c), source: format!("profile ({})", cert.display()) }),
+            Err(e) => log(&format!("ERROR: the profile's TLS files are unusable: {e}; falling back")),
+        }
+    }
     let d = &paths.tls_dir;
     let (ca, cert, key) = (d.join("ca.pem"), d.join("server.pem"), d.join("server-key.pem"));
     if ca.exists() || cert.exists() || key.exists() {
@@ -83,12 +99,32 @@ pub fn resolve(paths: &Paths, hostname: &str, ips: &[std::net::IpAddr], floor: O
     certs::check_clock(now, floor)?;
     let b = certs::generate(hostname, ips, now)?;
     b.write_to(&g)?;
+    certs::write_file(&g.join("names"), &names_record(hostname, ips), 0o644)?;
     if let Some(cd) = &paths.client_dir {
         install_client_bundle(cd, &b).unwrap_or_else(|e| log(&format!("ERROR: client bundle: {e}")));
     }
     log(&format!("generated a CA, server and client certificate in {} (client bundle for the docker user)", g.display()));
     let c = server_config(&gca, &gcert, &gkey)?;
     Ok(Material { config: Arc::new(c), source: format!("generated {}", g.display()) })
+}
+
+/// Generated server certificates follow the machine: when the hostname or an address changed since the
+/// certificate was issued, issue a new one from the generated CA. Returns the new config, if any.
+pub fn refresh_generated(paths: &Paths, hostname: &str, ips: &[std::net::IpAddr], log: &dyn Fn(&str)) -> Result<Option<ServerConfig>> {
+    let g = paths.tls_dir.join("generated");
+    let want = names_record(hostname, ips);
+    if std::fs::read_to_string(g.join("names")).ok().as_deref() == Some(want.as_str()) {
+        return Ok(None);
+    }
+    let read = |n: &str| std::fs::read_to_string(g.join(n)).ctx(|| format!("read {}", g.join(n).display()));
+    let ca = certs::Ca::from_pem(&read("ca.pem")?, &read("ca-key.pem")?)?;
+    let (cert, key) = ca.server(&certs::server_names(hostname), &certs::server_ips(ips), time::OffsetDateTime::now_utc())?;
+    certs::write_file(&g.join("server-key.pem"), &key, 0o600)?;
+    certs::write_file(&g.join("server.pem"), &cert, 0o644)?;
+    certs::write_file(&g.join("names"), &want, 0o644)?;
+    let shown: Vec<String> = ips.iter().map(|i| i.to_string()).collect();
+    log(&format!("server certificate re-issued for {hostname} and {}", shown.join(", ")));
+    server_config(&g.join("ca.pem"), &g.join("server.pem"), &g.join("server-key.pem")).map(Some)
 }
 
 fn install_client_bundle(dir: &Path, b: &certs::Bundle) -> Result<()> {

@@ -194,11 +194,43 @@ fn mismatched_key_and_bad_pem_are_named() {
     // resolve() falls back to a generated set and says why.
     let lines = std::sync::Mutex::new(Vec::new());
     let paths = material::Paths { tls_dir: dir.clone(), client_dir: Some(dir.join("client")) };
-    let m = material::resolve(&paths, "box", &[], None, &|l: &str| lines.lock().unwrap().push(l.to_string())).unwrap();
+    let m = material::resolve(&paths, None, "box", &[], None, &|l: &str| lines.lock().unwrap().push(l.to_string())).unwrap();
     assert!(m.source.starts_with("generated"));
     assert!(lines.lock().unwrap().iter().any(|l| l.contains("ca.pem")));
     assert!(dir.join("client/key.pem").is_file());
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(dir.join("generated/ca-key.pem")).unwrap().permissions().mode() & 0o777, 0o600);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The profile's files win over everything; generated server certificates follow address changes and
+/// are left alone when nothing changed.
+#[test]
+fn profile_files_first_and_generated_certs_follow_addresses() {
+    use x509_parser::prelude::*;
+    let dir = tmpdir("follow");
+    let paths = material::Paths { tls_dir: dir.clone(), client_dir: None };
+    let quiet = |_: &str| {};
+    let ip1: std::net::IpAddr = "10.0.2.15".parse().unwrap();
+    let ip2: std::net::IpAddr = "192.168.56.101".parse().unwrap();
+    let m = material::resolve(&paths, None, "box", &[ip1], None, &quiet).unwrap();
+    assert!(m.source.starts_with("generated"));
+    assert!(material::refresh_generated(&paths, "box", &[ip1], &quiet).unwrap().is_none());
+    let lines = std::sync::Mutex::new(Vec::new());
+    assert!(material::refresh_generated(&paths, "box", &[ip1, ip2], &|l: &str| lines.lock().unwrap().push(l.to_string())).unwrap().is_some());
+    assert!(lines.lock().unwrap()[0].contains("192.168.56.101"));
+    let pem = std::fs::read(dir.join("generated/server.pem")).unwrap();
+    let (_, p) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+    let (_, cert) = X509Certificate::from_der(&p.contents).unwrap();
+    let sans = format!("{:?}", cert.subject_alternative_name().unwrap().unwrap().value.general_names);
+    assert!(sans.contains("192.168.56.101") || sans.contains("[192, 168, 56, 101]"), "{sans}");
+
+    // A docker-machine style set named by the profile is used as is.
+    let dm = dir.join("dm");
+    let b = certs::generate("dm", &[], ::time::OffsetDateTime::now_utc()).unwrap();
+    b.write_to(&dm).unwrap();
+    let files = (dm.join("ca.pem"), dm.join("server.pem"), dm.join("server-key.pem"));
+    let m = material::resolve(&paths, Some(&files), "box", &[ip1], None, &quiet).unwrap();
+    assert!(m.source.starts_with("profile"), "{}", m.source);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,6 +3,7 @@
 pub mod build;
 pub mod cpio;
 pub mod debian;
+pub mod disk;
 pub mod error;
 pub mod kconfig;
 pub mod machine;

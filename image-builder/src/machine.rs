@@ -64,8 +64,9 @@ impl Machine {
         }
     }
 
-    /// Create keys, certificates, userdata and ports (once; an existing machine keeps its identity).
-    pub fn create(&self) -> Result<()> {
+    /// Create keys, certificates, userdata, ports and (with `disk_bytes`) a format-me data disk carrying
+    /// the same userdata. Once: an existing machine keeps its identity and its disk.
+    pub fn create(&self, disk_bytes: Option<u64>) -> Result<()> {
         if self.exists() {
             return Ok(());
         }
@@ -88,11 +89,22 @@ impl Machine {
             userdata::file("tls/server-key.pem", 0o600, b.server_key.clone()),
         ]);
         std::fs::write(self.path("userdata.tar"), tar).ctx(|| "write userdata.tar".into())?;
+        if let Some(bytes) = disk_bytes {
+            let tls = crate::disk::Tls { ca: b.ca_cert.clone().into(), server: b.server_cert.clone().into(), server_key: b.server_key.clone().into() };
+            let ssh_pub = std::fs::read(self.path("id_ed25519.pub")).ctx(|| "read the machine's public key".into())?;
+            crate::disk::create(&crate::disk::Spec { path: self.disk(), bytes, format: crate::disk::Format::Raw, ssh_pub: Some(ssh_pub), tls: Some(tls) })?;
+        }
         let (api, ssh) = (free_port()?, free_port()?);
         std::fs::write(self.path("ports"), format!("{api} {ssh}\n")).ctx(|| "write ports".into())
     }
 
-    /// QEMU for this machine: its userdata via fw_cfg, loopback forwards to 2376 and 22, its console log.
+    /// The machine's data disk (raw, sparse); machines made with --no-disk have none and run from RAM.
+    pub fn disk(&self) -> PathBuf {
+        self.path("disk.img")
+    }
+
+    /// QEMU for this machine: its data disk (or, without one, its userdata via fw_cfg), loopback forwards
+    /// to 2376 and 22, its console log.
     pub fn launch(&self, out: &std::path::Path, append: &str) -> Result<crate::qemu::Launch> {
         let p = self.ports()?;
         Ok(crate::qemu::Launch {
@@ -101,7 +113,8 @@ impl Machine {
             append: append.to_string(),
             memory_mb: std::env::var("FERRY_MEMORY").ok().and_then(|v| v.parse().ok()).unwrap_or(2048),
             cpus: 2,
-            fw_cfg_userdata: Some(self.path("userdata.tar")),
+            fw_cfg_userdata: (!self.disk().exists()).then(|| self.path("userdata.tar")),
+            disks: if self.disk().exists() { vec![crate::qemu::Drive::new(self.disk(), "raw")] } else { vec![] },
             forwards: vec![(p.api, 2376), (p.ssh, 22)],
             console_log: self.path("console.log"),
             qmp: self.path("qmp.sock"),

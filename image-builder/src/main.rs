@@ -2,14 +2,19 @@
 use ferry_builder::build::{self, Inputs};
 use ferry_builder::error::{Error, Result};
 use ferry_builder::machine::{self, Machine};
-use ferry_builder::{ping, qemu, util};
+use ferry_builder::{disk, ping, qemu, util};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: ferry <command> [args]
   build [--force]          build out/vmlinuz, out/initrd.img, out/manifest.json
-  up [NAME]                build if needed, boot machine NAME (default: default), print DOCKER_* exports
+  up [NAME] [--disk-size S] [--no-disk]
+                           build if needed, boot machine NAME (default: default) with a persistent
+                           data disk (default 20G; --no-disk runs from RAM), print DOCKER_* exports
+  disk create PATH --size S [--format raw|qcow2|vmdk|vhd|vhdx|vdi] [--ssh-key K.pub] [--tls DIR]
+                           write a format-me data disk (docker-machine's layout; DIR has ca.pem,
+                           server.pem, server-key.pem)
   env [NAME]               print the DOCKER_* exports for NAME
   ssh [NAME] [-- CMD...]   ssh into NAME as docker
   stop [NAME]              ACPI power-down through QMP and wait
@@ -51,7 +56,15 @@ fn run(args: &[String]) -> Result<i32> {
             build::build(&inp)?;
             Ok(0)
         }
-        "up" => up(name_arg(args)),
+        "up" => {
+            let disk = if args.iter().any(|a| a == "--no-disk") {
+                None
+            } else {
+                Some(disk::parse_size(flag(args, "--disk-size")?.unwrap_or("20G"))?)
+            };
+            up(name_arg(args), disk)
+        }
+        "disk" => disk_cmd(&args[1..]),
         "env" => {
             print!("{}", Machine::named(name_arg(args))?.env_lines()?);
             Ok(0)
@@ -83,14 +96,47 @@ fn run(args: &[String]) -> Result<i32> {
     }
 }
 
-fn up(name: &str) -> Result<i32> {
+/// The value after `--name`, if present.
+fn flag<'a>(args: &'a [String], name: &str) -> Result<Option<&'a str>> {
+    match args.iter().position(|a| a == name) {
+        None => Ok(None),
+        Some(i) => args.get(i + 1).map(|v| Some(v.as_str())).ok_or_else(|| Error::msg(format!("{name} needs a value"))),
+    }
+}
+
+fn disk_cmd(args: &[String]) -> Result<i32> {
+    let (Some("create"), Some(path)) = (args.first().map(String::as_str), args.get(1).filter(|p| !p.starts_with('-'))) else {
+        return Err(Error::msg(format!("usage: ferry disk create PATH --size S [--format F] [--ssh-key K.pub] [--tls DIR]\n{USAGE}")));
+    };
+    let bytes = disk::parse_size(flag(args, "--size")?.ok_or_else(|| Error::msg("ferry disk create: --size is required (e.g. --size 20G)"))?)?;
+    let format = match flag(args, "--format")? {
+        Some(f) => disk::Format::parse(f)?,
+        None => disk::Format::Raw,
+    };
+    let ssh_pub = match flag(args, "--ssh-key")? {
+        Some(k) => {
+            let data = std::fs::read(k).map_err(|e| Error::msg(format!("--ssh-key {k}: {e}")))?;
+            if !String::from_utf8_lossy(&data).starts_with("ssh-") && !String::from_utf8_lossy(&data).starts_with("ecdsa-") {
+                return Err(Error::msg(format!("--ssh-key {k}: not an OpenSSH public key (pass the .pub file)")));
+            }
+            Some(data)
+        }
+        None => None,
+    };
+    let tls = flag(args, "--tls")?.map(|d| disk::Tls::from_dir(std::path::Path::new(d))).transpose()?;
+    disk::create(&disk::Spec { path: PathBuf::from(path), bytes, format, ssh_pub, tls })?;
+    eprintln!("ferry: wrote {path} ({} MiB, {})", bytes.div_ceil(1 << 20), format.qemu_name());
+    Ok(0)
+}
+
+fn up(name: &str, disk_bytes: Option<u64>) -> Result<i32> {
     let m = Machine::named(name)?;
     let inp = Inputs::discover(out_dir()?)?;
     if !build::is_current(&inp) {
         std::fs::create_dir_all(&inp.out).map_err(|e| Error::msg(format!("create {}: {e}", inp.out.display())))?;
         build::build(&inp)?;
     }
-    m.create()?;
+    m.create(disk_bytes)?;
     let ports = m.ports()?;
     let cfg = Arc::new(ping::client_config(&m.dir)?);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], ports.api));

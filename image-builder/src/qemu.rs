@@ -12,11 +12,47 @@ pub struct Launch {
     pub memory_mb: u32,
     pub cpus: u32,
     pub fw_cfg_userdata: Option<PathBuf>,
+    pub disks: Vec<Drive>,
     /// (host port, guest port) forwards on 127.0.0.1.
     pub forwards: Vec<(u16, u16)>,
     pub console_log: PathBuf,
     pub qmp: PathBuf,
     pub pidfile: PathBuf,
+}
+
+/// How a disk is attached: the bus tells which driver the guest needs (and the device name it gets).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Bus {
+    /// virtio-blk: /dev/vdX (QEMU/KVM).
+    Virtio,
+    /// The q35 chipset's AHCI controller: /dev/sdX (VirtualBox, most PCs).
+    Ahci,
+    /// NVMe: /dev/nvmeXn1.
+    Nvme,
+}
+
+#[derive(Debug, Clone)]
+pub struct Drive {
+    pub path: PathBuf,
+    pub format: String,
+    pub bus: Bus,
+    pub read_only: bool,
+}
+
+impl Drive {
+    pub fn new(path: PathBuf, format: &str) -> Drive {
+        Drive { path, format: format.into(), bus: Bus::Virtio, read_only: false }
+    }
+    fn args(&self, i: usize) -> Vec<String> {
+        let ro = if self.read_only { ",readonly=on" } else { "" };
+        let drive = format!("file={},format={},if=none,id=disk{i}{ro}", self.path.display(), self.format);
+        let device = match self.bus {
+            Bus::Virtio => format!("virtio-blk-pci,drive=disk{i}"),
+            Bus::Ahci => format!("ide-hd,drive=disk{i},bus=ide.{i}"),
+            Bus::Nvme => format!("nvme,drive=disk{i},serial=ferry{i}"),
+        };
+        vec!["-drive".into(), drive, "-device".into(), device]
+    }
 }
 
 /// TCG unless FERRY_ACCEL says otherwise (nested KVM is unreliable on CI machines).
@@ -43,6 +79,9 @@ impl Launch {
         ];
         let fwd: String = self.forwards.iter().map(|(h, g)| format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}")).collect();
         a.extend(["-netdev".into(), format!("user,id=net0{fwd}"), "-device".into(), "virtio-net-pci,netdev=net0".into()]);
+        for (i, d) in self.disks.iter().enumerate() {
+            a.extend(d.args(i));
+        }
         if let Some(u) = &self.fw_cfg_userdata {
             a.extend(["-fw_cfg".into(), format!("name=opt/ferry/userdata.tar,file={}", u.display())]);
         }

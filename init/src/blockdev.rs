@@ -60,6 +60,25 @@ pub fn candidates() -> Vec<Disk> {
     out
 }
 
+/// Candidates once the set stops changing: SCSI/ATA buses probe asynchronously after their modules load,
+/// so a disk may appear a moment after coldplug. `want` (ferry.disk) is waited for longer.
+pub fn settled_candidates(want: Option<&str>) -> Vec<Disk> {
+    let start = std::time::Instant::now();
+    let mut last = candidates();
+    let mut stable = 0;
+    while start.elapsed() < std::time::Duration::from_secs(10) {
+        let has_want = want.is_none_or(|w| last.iter().any(|d| d.name == w));
+        if stable >= 3 && has_want || stable >= 3 && start.elapsed() > std::time::Duration::from_secs(3) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        let now = candidates();
+        stable = if now == last { stable + 1 } else { 0 };
+        last = now;
+    }
+    last
+}
+
 /// The disk's partitions by kernel name, in partition-number order.
 pub fn partitions(disk: &str) -> Vec<String> {
     let mut v: Vec<(u32, String)> = std::fs::read_dir(format!("/sys/block/{disk}"))

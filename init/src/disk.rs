@@ -44,7 +44,14 @@ pub fn layout(bytes: u64) -> Result<Layout> {
         )));
     }
     let t = Table { disk_guid: [0; 16], sectors, partitions: vec![] };
-    Ok(Layout { sectors, swap: (swap_first, data_first - 1), data: (data_first, t.last_usable()) })
+    Ok(Layout { sectors, swap: (swap_first, data_first - 1), data: (data_first, aligned_end(t.last_usable())) })
+}
+
+/// The last sector of a partition ending at or before `last_usable` on a 1 MiB boundary (alignment keeps
+/// partitioning tools and encryption layers content).
+pub fn aligned_end(last_usable: u64) -> u64 {
+    let align = MIB / SECTOR;
+    ((last_usable + 1) / align) * align - 1
 }
 
 impl Layout {
@@ -208,7 +215,7 @@ const STAGING: &str = "/run/ferry/format";
 
 fn run_tool(argv: &[&str]) -> Result<()> {
     let mut cmd = std::process::Command::new(argv[0]);
-    cmd.args(&argv[1..]).stdin(std::process::Stdio::null());
+    cmd.args(&argv[1..]).env("PATH", sys::PATH).stdin(std::process::Stdio::null());
     sys::unblock_signals_in_child(&mut cmd);
     let out = cmd.output().map_err(|e| Error::io(format!("run {}", argv[0]), e))?;
     if !out.status.success() {
@@ -317,7 +324,7 @@ pub fn grow_table(disk: &Disk) -> Result<bool> {
     t.sectors = sectors;
     // Only our layout is grown: data is partition 1 and ends the disk.
     let last = t.partitions.iter().map(|p| p.last_lba).max().unwrap_or(0);
-    let new_last = t.last_usable();
+    let new_last = aligned_end(t.last_usable());
     match t.partitions.first_mut() {
         Some(p) if p.type_guid == gpt::LINUX_FS && p.last_lba == last => p.last_lba = new_last,
         _ => return Err(Error::msg(format!("{dev}: grew, but partition 1 is not the last one; not resizing"))),
@@ -401,18 +408,26 @@ pub fn swap_on(disk: &Disk) -> Option<String> {
 /// What the disk phase settled on.
 pub enum Outcome {
     Persistent { mnt: String, fresh: bool },
-    Ram,
+    /// No usable disk. `userdata` is a format-me disk's payload when formatting it failed, so its SSH
+    /// keys still work for this boot.
+    Ram { userdata: Vec<userdata::Entry> },
 }
 
 /// The whole disk phase. Errors are reported and end in RAM mode, never in a crash.
 pub fn setup(forced: Option<&str>, pause: Option<&str>) -> Outcome {
-    let mut cands = blockdev::candidates();
+    // Disk drivers came with coldplug; the filesystem is loaded here rather than on the first mount's
+    // request_module, so a missing module is named at once.
+    if let Err(e) = crate::kmod::ModDb::running().and_then(|db| db.insert("ext4", "")) {
+        log::line(&format!("ERROR: load ext4: {e}"));
+    }
+    let want = forced.map(|f| f.trim_start_matches("/dev/"));
+    let mut cands = blockdev::settled_candidates(want);
     if let Some(f) = forced {
         let name = f.trim_start_matches("/dev/");
         cands.retain(|d| d.name == name);
         if cands.is_empty() {
             log::line(&format!("ERROR: ferry.disk={f}: no such disk; running from RAM"));
-            return Outcome::Ram;
+            return Outcome::Ram { userdata: vec![] };
         }
     }
     let mut found = Vec::new();
@@ -423,19 +438,27 @@ pub fn setup(forced: Option<&str>, pause: Option<&str>) -> Outcome {
         }
     }
     let (choice, notes) = choose(&found);
+    let mut fallback = vec![];
     for n in notes {
         log::line(&format!("disk: {n}"));
     }
     let r = match choice {
         Choice::None => {
             log::line("disk: no data disk (attach a blank or format-me disk to keep data); containers, images and volumes live in RAM");
-            return Outcome::Ram;
+            return Outcome::Ram { userdata: vec![] };
         }
         Choice::Mount { disk, dev } => {
             log::line(&format!("disk: {dev} is labelled {DATA_LABEL}; mounting it"));
             grow_table(&disk).and_then(|_| mount_data(&dev)).map(|mnt| (disk, mnt, false))
         }
-        Choice::Format { disk, blank } => format(&disk, blank, pause).and_then(|dev| mount_data(&dev)).map(|mnt| (disk, mnt, true)),
+        Choice::Format { disk, blank } => {
+            let dev = disk.dev();
+            format(&disk, blank, pause).and_then(|p| mount_data(&p)).map(|mnt| (disk, mnt, true)).map_err(|e| {
+                // The magic is still there (the partition table is written last), so the next boot retries.
+                fallback = blockdev::read_at(&dev, 0, HEAD).ok().and_then(|h| userdata::parse(&h).ok()).unwrap_or_default();
+                e
+            })
+        }
     };
     match r {
         Ok((disk, mnt, fresh)) => {
@@ -445,7 +468,7 @@ pub fn setup(forced: Option<&str>, pause: Option<&str>) -> Outcome {
         }
         Err(e) => {
             log::line(&format!("ERROR: data disk: {e}; running from RAM"));
-            Outcome::Ram
+            Outcome::Ram { userdata: fallback }
         }
     }
 }
@@ -463,7 +486,8 @@ mod tests {
         let l = layout(20 << 30).unwrap();
         assert_eq!(l.swap, (2048, 2048 + 2_048_000 - 1));
         assert_eq!(l.data.0, 2048 + 2_048_000);
-        assert_eq!(l.data.1, (20u64 << 30) / 512 - 34);
+        assert_eq!(l.data.1, (20u64 << 30) / 512 - 2048 - 1);
+        assert_eq!((l.data.1 + 1) % 2048, 0);
         let t = l.table([[1; 16], [2; 16], [3; 16]]);
         assert!(t.backup().is_ok());
         assert!(layout(1100 * MIB).unwrap_err().to_string().contains("at least"));

@@ -55,10 +55,14 @@ pub fn install_persistent(b2d: &str, entries: &[Entry]) -> Result<usize> {
     Ok(n)
 }
 
-/// The userdata phase: the disk's stored userdata.tar (when there is a data disk), then fw_cfg's.
+/// The userdata phase: the disk's stored userdata.tar (when there is a data disk) or the payload of a
+/// format-me disk that could not be formatted (`fallback`), then fw_cfg's.
 /// Malformed input is reported with its source and skipped, never fatal.
-pub fn run(persistent: bool) -> Result<String> {
+pub fn run(persistent: bool, fallback: &[Entry]) -> Result<String> {
     let mut parts = Vec::new();
+    if !fallback.is_empty() {
+        parts.push(format!("format-me disk (not formatted): {} ssh key file(s)", install_keys(HOME, fallback)?));
+    }
     if persistent {
         let path = format!("{B2D}/userdata.tar");
         match std::fs::read(&path) {

@@ -178,7 +178,7 @@ fn spawn(spec: &ServiceSpec) -> std::io::Result<i32> {
     let mut cmd = std::process::Command::new(spec.argv[0]);
     cmd.args(&spec.argv[1..]);
     cmd.env_clear();
-    cmd.env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    cmd.env("PATH", crate::sys::PATH);
     match spec.output {
         Output::Console => {}
         Output::File(path) => {

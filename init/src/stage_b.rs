@@ -49,15 +49,19 @@ pub fn run() -> ! {
     // The disk comes before the network so the persisted hostname is the one DHCP announces.
     let outcome = log::phase("disk", || {
         let o = disk::setup(cmdline.disk.as_deref(), cmdline.pause.as_deref());
-        if matches!(o, disk::Outcome::Ram) {
+        if matches!(o, disk::Outcome::Ram { .. }) {
             mounts::mount_all(mounts::RAM_DATA)?;
         }
         Ok(o)
     });
-    let persistent = matches!(outcome, Ok(disk::Outcome::Persistent { .. }));
+    let (persistent, fallback) = match outcome {
+        Ok(disk::Outcome::Persistent { .. }) => (true, vec![]),
+        Ok(disk::Outcome::Ram { userdata }) => (false, userdata),
+        Err(_) => (false, vec![]),
+    };
     let hostname = pick_hostname(&cmdline);
     let _ = log::phase("network", || network(&hostname));
-    let _ = log::phase("userdata", || provision::run(persistent).map(|s| log::line(&s)));
+    let _ = log::phase("userdata", || provision::run(persistent, &fallback).map(|s| log::line(&s)));
 
     let mut sup = Supervisor::default();
     let _ = log::phase("services", || {

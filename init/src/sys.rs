@@ -3,6 +3,9 @@ use crate::error::{Error, Result};
 use std::ffi::CString;
 use std::path::Path;
 
+/// The PATH every child of init gets (the kernel starts PID 1 without one).
+pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 pub fn cstr(s: &str) -> Result<CString> {
     CString::new(s).map_err(|_| Error::msg(format!("{s:?} contains a NUL byte")))
 }

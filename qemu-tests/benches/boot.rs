@@ -45,7 +45,7 @@ fn main() {
 
     // 2. Full boot to the first answered /_ping over mTLS.
     let m = Machine::named("bench").unwrap();
-    m.create().unwrap();
+    m.create(None).unwrap();
     let p = m.ports().unwrap();
     let launch = m.launch(&out, "console=ttyS0,115200 quiet panic=-1 ferry.hostname=bench").unwrap();
     let cfg = Arc::new(ping::client_config(&m.dir).unwrap());

@@ -198,7 +198,7 @@ fn bad_boot(r: &mut Report, home: &Path, name: &str, make: impl FnOnce(Vec<u8>) 
     std::env::set_var("FERRY_HOME", home);
     let setup = (|| -> Result<Machine, String> {
         let m = Machine::named(name).map_err(|e| e.to_string())?;
-        m.create().map_err(|e| e.to_string())?;
+        m.create(None).map_err(|e| e.to_string())?;
         let key = std::fs::read(m.path("id_ed25519.pub")).map_err(|e| e.to_string())?;
         std::fs::write(m.path("userdata.tar"), make(key)).map_err(|e| e.to_string())?;
         m.launch(&out_dir(), &format!("console=ttyS0,115200 quiet panic=-1 ferry.hostname={name}")).map_err(|e| e.to_string())?.start().map_err(|e| e.to_string())?;

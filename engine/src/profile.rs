@@ -1,0 +1,218 @@
+//! `/var/lib/boot2docker/profile`, the shell fragment docker-machine writes. It is evaluated the way
+//! boot2docker did (`set -a; . profile`), but in a child shell with a clean environment and a timeout, and
+//! what it exported is turned into dockerd flags, TLS paths and dockerd's environment.
+use crate::error::{Error, Result};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const PATH: &str = "/var/lib/boot2docker/profile";
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Variables with a meaning to Ferry; every other exported variable goes to dockerd's environment.
+const KNOWN: &[&str] = &["EXTRA_ARGS", "DOCKER_HOST", "DOCKER_STORAGE", "DOCKER_TLS", "CACERT", "SERVERCERT", "SERVERKEY"];
+/// boot2docker settings Ferry has no use for (said once, then ignored).
+const IGNORED: &[&str] = &["DOCKER_DIR", "DOCKER_RAMDISK", "DOCKER_ULIMITS", "DOCKER_LOGFILE", "DOCKER_DAEMON_ARGS"];
+/// What the evaluating shell itself sets.
+const SHELL: &[&str] = &["PATH", "PWD", "OLDPWD", "SHLVL", "_", "IFS", "PS1", "PS2", "PS4", "OPTIND", "HOME"];
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Profile {
+    /// Extra dockerd flags (EXTRA_ARGS minus what the engine manager owns, DOCKER_STORAGE).
+    pub args: Vec<String>,
+    /// False only for an explicit DOCKER_TLS=no.
+    pub tls: bool,
+    /// CACERT / SERVERCERT / SERVERKEY, when all three are set.
+    pub tls_files: Option<(PathBuf, PathBuf, PathBuf)>,
+    /// Exported variables for dockerd (proxies and the like).
+    pub env: Vec<(String, String)>,
+    /// Warnings to show on the console.
+    pub notes: Vec<String>,
+}
+
+/// Flags that belong to the engine manager (it owns the sockets and TLS); dropped from EXTRA_ARGS.
+/// The bool says whether the flag takes a separate value when written without `=`.
+const OWNED_FLAGS: &[(&str, bool)] = &[("-H", true), ("--host", true), ("--tls", false), ("--tlsverify", false), ("--tlscacert", true), ("--tlscert", true), ("--tlskey", true)];
+
+pub fn from_vars(vars: &[(String, String)]) -> Profile {
+    let get = |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let mut p = Profile { tls: true, ..Default::default() };
+    let words: Vec<&str> = get("EXTRA_ARGS").unwrap_or("").split_whitespace().collect();
+    let mut i = 0;
+    while i < words.len() {
+        let w = words[i];
+        let (flag, inline_value) = match w.split_once('=') {
+            Some((f, _)) => (f, true),
+            None => (w, false),
+        };
+        if let Some((_, takes)) = OWNED_FLAGS.iter().find(|(f, _)| *f == flag) {
+            let skip = if *takes && !inline_value && i + 1 < words.len() { 2 } else { 1 };
+            p.notes.push(format!("EXTRA_ARGS: ignoring {} (the engine manager owns the sockets and TLS)", words[i..i + skip].join(" ")));
+            i += skip;
+            continue;
+        }
+        p.args.push(w.to_string());
+        i += 1;
+    }
+    if let Some(h) = get("DOCKER_HOST") {
+        for w in h.split_whitespace().filter(|w| w.starts_with("tcp://")) {
+            if !w.ends_with(":2376") {
+                p.notes.push(format!("DOCKER_HOST: {w} ignored; the API is served on :2376 (TLS) only"));
+            }
+        }
+    }
+    match get("DOCKER_STORAGE").map(str::trim) {
+        None | Some("") => {}
+        Some("aufs") => p.notes.push("DOCKER_STORAGE=aufs ignored: this kernel has no aufs; using overlay2".into()),
+        Some(d) => {
+            p.args.push("--storage-driver".into());
+            p.args.push(d.into());
+        }
+    }
+    if get("DOCKER_TLS").map(str::trim) == Some("no") {
+        p.tls = false;
+    }
+    let files: Vec<&str> = ["CACERT", "SERVERCERT", "SERVERKEY"].iter().filter_map(|k| get(k)).filter(|v| !v.trim().is_empty()).collect();
+    match files.as_slice() {
+        [ca, cert, key] => p.tls_files = Some((ca.trim().into(), cert.trim().into(), key.trim().into())),
+        [] => {}
+        _ => p.notes.push("CACERT, SERVERCERT and SERVERKEY must be set together; ignoring them".into()),
+    }
+    for (k, v) in vars {
+        if KNOWN.contains(&k.as_str()) || SHELL.contains(&k.as_str()) {
+            continue;
+        }
+        if IGNORED.contains(&k.as_str()) {
+            p.notes.push(format!("{k} is a boot2docker setting Ferry does not use; ignored"));
+            continue;
+        }
+        p.env.push((k.clone(), v.clone()));
+    }
+    p
+}
+
+/// Split `env -0` output into (name, value) pairs.
+pub fn parse_env0(out: &[u8]) -> Vec<(String, String)> {
+    out.split(|&b| b == 0)
+        .filter_map(|kv| {
+            let s = String::from_utf8_lossy(kv);
+            let (k, v) = s.split_once('=')?;
+            (!k.is_empty()).then(|| (k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// Evaluate the profile at `path`. Ok(None) when there is none; Err says what went wrong (exit status,
+/// the shell's complaint, or the timeout), and the caller starts dockerd with defaults.
+pub async fn load(path: &Path, timeout: Duration) -> Result<Option<Profile>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    // -a (allexport): plain assignments are exported, as boot2docker's `set -a` did. The profile's own
+    // output goes to stderr so stdout carries only the environment dump.
+    cmd.args(["-a", "-c", ". \"$1\" 1>&2 && exec env -0", "ferry-profile"])
+        .arg(path)
+        .env_clear()
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let child = cmd.spawn().map_err(|e| Error::msg(format!("{}: start /bin/sh: {e}", path.display())))?;
+    let pid = child.id();
+    match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Err(_) => {
+            if let Some(pid) = pid {
+                // SAFETY: killing the process group we created for the profile.
+                unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+            }
+            Err(Error::msg(format!("{} did not finish within {}s (an endless loop?); it was killed", path.display(), timeout.as_secs())))
+        }
+        Ok(Err(e)) => Err(Error::msg(format!("{}: {e}", path.display()))),
+        Ok(Ok(out)) => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let tail: Vec<&str> = stderr.lines().rev().take(3).collect::<Vec<_>>().into_iter().rev().collect();
+            if !out.status.success() {
+                return Err(Error::msg(format!("{} failed ({}): {}", path.display(), out.status, tail.join(" / "))));
+            }
+            if out.stdout.is_empty() {
+                return Err(Error::msg(format!("{} exited before it finished (an `exit` in it?)", path.display())));
+            }
+            Ok(Some(from_vars(&parse_env0(&out.stdout))))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn docker_machine_profile() {
+        let p = from_vars(&vars(&[
+            ("EXTRA_ARGS", "\n--label provider=qemu\n--label env=test\n--insecure-registry 10.0.0.1:5000\n\n"),
+            ("CACERT", "/var/lib/boot2docker/ca.pem"),
+            ("DOCKER_HOST", "-H tcp://0.0.0.0:2376"),
+            ("DOCKER_STORAGE", "overlay2"),
+            ("DOCKER_TLS", "auto"),
+            ("SERVERKEY", "/var/lib/boot2docker/server-key.pem"),
+            ("SERVERCERT", "/var/lib/boot2docker/server.pem"),
+            ("HTTP_PROXY", "http://proxy:3128"),
+            ("PWD", "/"),
+        ]));
+        assert_eq!(p.args, ["--label", "provider=qemu", "--label", "env=test", "--insecure-registry", "10.0.0.1:5000", "--storage-driver", "overlay2"]);
+        assert!(p.tls);
+        assert_eq!(p.tls_files.as_ref().map(|t| t.0.clone()), Some(PathBuf::from("/var/lib/boot2docker/ca.pem")));
+        assert_eq!(p.env, vars(&[("HTTP_PROXY", "http://proxy:3128")]));
+        assert!(p.notes.is_empty(), "{:?}", p.notes);
+    }
+
+    #[test]
+    fn owned_flags_aufs_and_partial_tls_are_reported() {
+        let p = from_vars(&vars(&[
+            ("EXTRA_ARGS", "-H tcp://0.0.0.0:2375 --tlsverify --tlscacert=/x --debug"),
+            ("DOCKER_STORAGE", "aufs"),
+            ("DOCKER_TLS", "no"),
+            ("CACERT", "/x"),
+            ("DOCKER_HOST", "-H tcp://0.0.0.0:2375"),
+        ]));
+        assert_eq!(p.args, ["--debug"]);
+        assert!(!p.tls);
+        assert_eq!(p.tls_files, None);
+        assert_eq!(p.notes.len(), 6, "{:?}", p.notes);
+    }
+
+    fn write(name: &str, text: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("ferry-profile-{}-{name}", std::process::id()));
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// Real /bin/sh: docker-machine's exact quoting, and each kind of broken profile.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn evaluation_with_a_real_shell() {
+        let good = write("good", "EXTRA_ARGS='\n--label a=b\n'\nDOCKER_TLS=auto\necho chatter\nexport \"HTTP_PROXY=http://p:3128\"\n");
+        let p = load(&good, TIMEOUT).await.unwrap().unwrap();
+        assert_eq!(p.args, ["--label", "a=b"]);
+        assert_eq!(p.env, vars(&[("HTTP_PROXY", "http://p:3128")]));
+        let e = load(&write("exit", "exit 1\n"), TIMEOUT).await.unwrap_err().to_string();
+        assert!(e.contains("exit status: 1"), "{e}");
+        let e = load(&write("syntax", "if then fi (\n"), TIMEOUT).await.unwrap_err().to_string();
+        assert!(e.contains("failed") && e.to_lowercase().contains("syntax"), "{e}");
+        let t = std::time::Instant::now();
+        let e = load(&write("loop", "while :; do :; done\n"), Duration::from_secs(1)).await.unwrap_err().to_string();
+        assert!(e.contains("did not finish within 1s"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(5));
+        assert_eq!(load(Path::new("/nonexistent/profile"), TIMEOUT).await.unwrap(), None);
+    }
+
+    #[test]
+    fn env0_parsing() {
+        assert_eq!(parse_env0(b"A=1\0B=x=y\0=bad\0\0"), vars(&[("A", "1"), ("B", "x=y")]));
+    }
+}
