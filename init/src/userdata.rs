@@ -207,4 +207,32 @@ mod tests {
         huge[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
         assert!(parse(&huge).unwrap_err().to_string().contains("claims"));
     }
+
+    fn retype(t: &mut [u8], typ: u8) {
+        t[156] = typ;
+        t[148..156].copy_from_slice(b"        ");
+        let sum: u64 = t[..512].iter().map(|&b| b as u64).sum();
+        t[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    }
+
+    #[test]
+    fn hardlinks_devices_truncation_and_junk_after_the_magic() {
+        let mut hard = write(&[file(".ssh/authorized_keys", 0o644, Vec::new())]);
+        retype(&mut hard, b'1');
+        assert!(parse(&hard).unwrap_err().to_string().contains("refusing link"));
+        for dev in [b'3', b'4', b'6'] {
+            let mut d = write(&[file("dev", 0o644, Vec::new())]);
+            retype(&mut d, dev);
+            assert!(parse(&d).unwrap_err().to_string().contains("device or fifo"));
+        }
+        // Cut in the middle of a file (not at the legacy 4096 bytes): an error naming the file.
+        let t = write(&[file(MAGIC, 0, MAGIC), file(".ssh/authorized_keys", 0o644, vec![b'k'; 2000])]);
+        let e = parse(&t[..1024 + 512 + 700]).unwrap_err().to_string();
+        assert!(e.contains("authorized_keys") && e.contains("truncated"), "{e}");
+        // The magic file, then bytes that are no tar header.
+        let mut junk = write(&[file(MAGIC, 0, MAGIC)]);
+        junk.truncate(1024);
+        junk.extend(b"#!/bin/sh\nrm -rf /\n".repeat(40));
+        assert!(parse(&junk).unwrap_err().to_string().contains("checksum mismatch at byte 1024"));
+    }
 }

@@ -151,3 +151,63 @@ pub fn retry<T>(timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> 
         std::thread::sleep(Duration::from_secs(2));
     }
 }
+
+pub const MIN: Duration = Duration::from_secs(60);
+
+/// Kills every QEMU started under `home` when dropped, whatever happened to the test.
+pub struct KillGuard {
+    pub home: PathBuf,
+}
+
+impl Drop for KillGuard {
+    fn drop(&mut self) {
+        if let Ok(rd) = std::fs::read_dir(self.home.join("machines")) {
+            for e in rd.flatten() {
+                kill_qemu(&e.path().join("qemu.pid"));
+            }
+        }
+    }
+}
+
+/// SIGKILL the QEMU whose pid file this is (a power cut, as far as the guest can tell).
+pub fn kill_qemu(pidfile: &Path) {
+    extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    if let Some(pid) = std::fs::read_to_string(pidfile).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
+        // SAFETY: kill(2) on a process this test started.
+        unsafe { kill(pid, 9) };
+        let end = Instant::now() + Duration::from_secs(10);
+        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Run the built `ferry` with FERRY_HOME = `home`.
+pub fn ferry(home: &Path, args: &[&str], timeout: Duration) -> Result<String, String> {
+    run(Command::new(ferry_bin()).args(args).env("FERRY_HOME", home), None, timeout)
+}
+
+/// Ok when the output contains `want`.
+pub fn contains(out: Result<String, String>, want: &str) -> Result<String, String> {
+    let o = out?;
+    if o.contains(want) {
+        Ok(String::new())
+    } else {
+        Err(format!("expected {want:?} in output: {}", o.trim()))
+    }
+}
+
+/// Ok when the machine's console log holds every string in `wants`.
+pub fn console_has(m: &ferry_builder::machine::Machine, wants: &[&str]) -> Result<String, String> {
+    let c = std::fs::read_to_string(m.path("console.log")).unwrap_or_default();
+    let missing: Vec<&&str> = wants.iter().filter(|w| !c.contains(**w)).collect();
+    if missing.is_empty() { Ok(String::new()) } else { Err(format!("console lacks {missing:?}")) }
+}
+
+/// sha256 of a file, hex (via sha256sum: the disks are large and sparse).
+pub fn sha256_file(p: &Path) -> Option<String> {
+    let o = Command::new("sha256sum").arg(p).output().ok()?;
+    o.status.success().then(|| String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap_or("").to_string())
+}

@@ -2,51 +2,9 @@
 //! docker CLI over mTLS, ssh as docker, curl for refusals — and power it off with `ferry stop`.
 //! A second boot feeds bad TLS material through fw_cfg. One boot carries many checks (CI time).
 use qemu_tests::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-const MIN: Duration = Duration::from_secs(60);
-
-struct Guard {
-    home: PathBuf,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        // Never leave a QEMU behind, whatever happened.
-        if let Ok(rd) = std::fs::read_dir(self.home.join("machines")) {
-            for e in rd.flatten() {
-                if let Ok(p) = std::fs::read_to_string(e.path().join("qemu.pid")) {
-                    if let Ok(pid) = p.trim().parse::<i32>() {
-                        // SAFETY: killing a QEMU this test started.
-                        unsafe { libc_kill(pid) };
-                    }
-                }
-            }
-        }
-    }
-}
-
-unsafe fn libc_kill(pid: i32) {
-    extern "C" {
-        fn kill(pid: i32, sig: i32) -> i32;
-    }
-    kill(pid, 9);
-}
-
-fn ferry(home: &Path, args: &[&str], timeout: Duration) -> Result<String, String> {
-    run(Command::new(ferry_bin()).args(args).env("FERRY_HOME", home), None, timeout)
-}
-
-fn contains(out: Result<String, String>, want: &str) -> Result<String, String> {
-    let o = out?;
-    if o.contains(want) {
-        Ok(String::new())
-    } else {
-        Err(format!("expected {want:?} in output: {}", o.trim()))
-    }
-}
 
 fn main() {
     let mut r = Report::default();
@@ -57,7 +15,7 @@ fn main() {
     }
     let home = std::env::temp_dir().join(format!("ferry-e2e-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&home);
-    let _guard = Guard { home: home.clone() };
+    let _guard = KillGuard { home: home.clone() };
 
     // Boot 1: the normal path.
     let up = ferry(&home, &["up", "e2e"], 40 * MIN);
@@ -193,7 +151,7 @@ fn main() {
 }
 
 /// Boot a machine whose fw_cfg userdata is `make(public ssh key)`; wait for "engine ready" on its console.
-fn bad_boot(r: &mut Report, home: &Path, name: &str, make: impl FnOnce(Vec<u8>) -> Vec<u8>) -> Option<ferry_builder::machine::Machine> {
+fn bad_boot(r: &mut Report, home: &Path, name: &str, make: impl FnOnce(Vec<u8>) -> Vec<u8>, disks: impl FnOnce(&ferry_builder::machine::Machine) -> Vec<ferry_builder::qemu::Drive>) -> Option<ferry_builder::machine::Machine> {
     use ferry_builder::machine::Machine;
     std::env::set_var("FERRY_HOME", home);
     let setup = (|| -> Result<Machine, String> {
@@ -201,7 +159,9 @@ fn bad_boot(r: &mut Report, home: &Path, name: &str, make: impl FnOnce(Vec<u8>) 
         m.create(None).map_err(|e| e.to_string())?;
         let key = std::fs::read(m.path("id_ed25519.pub")).map_err(|e| e.to_string())?;
         std::fs::write(m.path("userdata.tar"), make(key)).map_err(|e| e.to_string())?;
-        m.launch(&out_dir(), &format!("console=ttyS0,115200 quiet panic=-1 ferry.hostname={name}")).map_err(|e| e.to_string())?.start().map_err(|e| e.to_string())?;
+        let mut l = m.launch(&out_dir(), &format!("console=ttyS0,115200 quiet panic=-1 ferry.hostname={name}")).map_err(|e| e.to_string())?;
+        l.disks = disks(&m);
+        l.start().map_err(|e| e.to_string())?;
         Ok(m)
     })();
     let m = match setup {
@@ -221,12 +181,6 @@ fn bad_boot(r: &mut Report, home: &Path, name: &str, make: impl FnOnce(Vec<u8>) 
     Some(m)
 }
 
-fn console_has(m: &ferry_builder::machine::Machine, wants: &[&str]) -> Result<String, String> {
-    let c = std::fs::read_to_string(m.path("console.log")).unwrap_or_default();
-    let missing: Vec<&&str> = wants.iter().filter(|w| !c.contains(**w)).collect();
-    if missing.is_empty() { Ok(String::new()) } else { Err(format!("console lacks {missing:?}")) }
-}
-
 /// Boot 2: fw_cfg userdata with a server key that does not match its certificate. The console must name the
 /// file, and the engine must come up with generated certificates (client bundle in ~docker/.docker).
 fn bad_tls_boot(r: &mut Report, home: &Path) {
@@ -243,7 +197,7 @@ fn bad_tls_boot(r: &mut Report, home: &Path) {
             userdata::file("tls/server.pem", 0o644, a.server_cert.clone()),
             userdata::file("tls/server-key.pem", 0o600, b.server_key.clone()),
         ])
-    }) else {
+    }, |_| vec![]) else {
         return;
     };
     r.check("bad TLS: console names server-key.pem and the engine still starts", console_has(&m, &["server-key.pem does not match", "using generated certificates", "engine ready"]));
@@ -274,9 +228,28 @@ fn bad_tls_boot(r: &mut Report, home: &Path) {
 }
 
 /// Boot 3: fw_cfg carries bytes that are not a tar at all: a clear error naming the file, and the engine
-/// starts anyway with a generated set.
+/// starts anyway with a generated set. The only disk is a format-me disk too small for swap + data: a
+/// clear error, the disk is not touched, the appliance runs from RAM, and the disk's SSH key still works.
 fn garbage_userdata_boot(r: &mut Report, home: &Path) {
-    let Some(m) = bad_boot(r, home, "e2e-garbage", |_| b"this is not a tar archive\n".repeat(100)) else { return };
+    let tiny = home.join("tiny.img");
+    let mut before = None;
+    let Some(m) = bad_boot(r, home, "e2e-garbage", |_| b"this is not a tar archive\n".repeat(100), |m| {
+        let key = std::fs::read(m.path("id_ed25519.pub")).ok();
+        let spec = ferry_builder::disk::Spec { path: tiny.clone(), bytes: 600 << 20, format: ferry_builder::disk::Format::Raw, ssh_pub: key, tls: None };
+        if let Err(e) = ferry_builder::disk::create(&spec) {
+            println!("note: could not create {}: {e}", tiny.display());
+        }
+        before = sha256_file(&tiny);
+        vec![ferry_builder::qemu::Drive::new(tiny.clone(), "raw")]
+    }) else {
+        return;
+    };
     r.check("garbage fw_cfg userdata: console names it, engine starts with generated certificates", console_has(&m, &["opt/ferry/userdata.tar/raw: userdata.tar: header checksum mismatch", "continuing without it", "generated a CA", "engine ready"]));
-    let _ = run(Command::new(ferry_bin()).args(["stop", "e2e-garbage"]).env("FERRY_HOME", home), None, 3 * MIN);
+    r.check("a format-me disk too small for swap + data: clear error, appliance runs from RAM", console_has(&m, &["Ferry needs at least", "running from RAM"]));
+    r.check("... and its SSH key still works for this boot", contains(retry(2 * MIN, || ferry(home, &["ssh", "e2e-garbage", "--", "echo key-from-tiny-disk"], MIN)), "key-from-tiny-disk"));
+    let _ = ferry(home, &["stop", "e2e-garbage"], 3 * MIN);
+    r.check("... and the disk is byte-identical afterwards", match (before, sha256_file(&tiny)) {
+        (Some(a), Some(b)) if a == b => Ok(String::new()),
+        (a, b) => Err(format!("sha256 before {a:?}, after {b:?}")),
+    });
 }
