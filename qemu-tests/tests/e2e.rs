@@ -212,6 +212,19 @@ fn bad_tls_boot(r: &mut Report, home: &Path) {
         let env = DockerEnv { host: format!("tcp://127.0.0.1:{}", p.api), cert_path: dir.display().to_string() };
         contains(env.run(&["version", "--format", "{{.Server.Version}}"], None, 2 * MIN), "26.")
     })());
+    r.check("generated server certificate follows a new address (re-issued, no restart)", (|| {
+        let dir = home.join("badtls-client");
+        ferry(home, &["ssh", "e2e-badtls", "--", "sudo ip addr add 10.0.2.99/24 dev eth0"], MIN)?;
+        let p = m.ports().map_err(|e| e.to_string())?;
+        let script = format!(
+            "openssl s_client -connect 127.0.0.1:{} -cert {} -key {} </dev/null 2>/dev/null | openssl x509 -noout -ext subjectAltName",
+            p.api,
+            dir.join("cert.pem").display(),
+            dir.join("key.pem").display()
+        );
+        retry(MIN, || contains(run(Command::new("sh").args(["-c", &script]), None, MIN), "IP Address:10.0.2.99"))?;
+        console_has(&m, &["server certificate re-issued"])
+    })());
     // Hyper-V's shutdown integration and users run /sbin/poweroff; it must power the VM off cleanly.
     r.check("sudo poweroff over ssh powers off within 60 s, engine stopped first", (|| {
         let _ = run(Command::new(ferry_bin()).args(["ssh", "e2e-badtls", "--", "sudo poweroff"]).env("FERRY_HOME", home), None, MIN);
