@@ -286,6 +286,8 @@ fn provisioner_and_reboot(r: &mut Report, home: &Path) {
         }
     };
     let _ = ssh(home, "dm", "touch /tmp/leftover-from-boot-1");
+    const HOST_KEY: &str = "cat /var/lib/boot2docker/ssh/etc/ssh/ssh_host_ed25519_key.pub";
+    let host_key = ssh(home, "dm", HOST_KEY).unwrap_or_default();
     let _ = ferry(home, &["stop", "dm"], 3 * MIN);
     r.check("the disk is grown by 2 GiB while the VM is off (qemu-img resize)", run(Command::new("qemu-img").args(["resize", "-q", "-f", "raw"]).arg(m.disk()).arg("+2G"), None, MIN));
 
@@ -306,6 +308,10 @@ fn provisioner_and_reboot(r: &mut Report, home: &Path) {
     })());
     r.check("after reboot: the image and the volume's file survived", contains(dm_env.run(&["run", "--rm", "-v", "keepvol:/data", "ferry-busybox:test", "busybox", "cat", "/data/f"], None, 3 * MIN), "persisted-data"));
     r.check("after reboot: dockerd's environment still holds HTTP_PROXY", contains(ssh(home, "dm", DOCKERD_ENV), "HTTP_PROXY=http://proxy.example:3128"));
+    r.check("after reboot: the SSH host key is the same", match ssh(home, "dm", HOST_KEY) {
+        Ok(k) if k.starts_with("ssh-ed25519") && k == host_key => Ok(String::new()),
+        other => Err(format!("before {host_key:?}, after {other:?}")),
+    });
     r.check("after reboot: /tmp lives on the disk and was emptied", contains(ssh(home, "dm", "grep ' /tmp ' /proc/mounts | tail -1; test ! -e /tmp/leftover-from-boot-1 && echo emptied"), "emptied").and_then(|_| contains(ssh(home, "dm", "grep ' /tmp ' /proc/mounts | tail -1"), "/dev/vda1")));
     r.check("after reboot: userdata.tar re-extracted into /home/docker/.ssh", contains(ssh(home, "dm", "stat -c '%U %a' /home/docker/.ssh /home/docker/.ssh/authorized_keys"), "docker 700\ndocker 600"));
     r.check("growth: backup GPT moved, partition 1 and the filesystem grown, data intact", (|| {
