@@ -34,9 +34,15 @@ pub fn run(sup: &mut Supervisor, action: Action) -> ! {
     }
     sup.stop_all(Duration::from_secs(5));
     kill_everything();
+    swap_off_all();
     // SAFETY: sync(2) has no arguments.
     unsafe { libc::sync() };
-    unmount_all();
+    let busy = unmount_all();
+    if !busy.is_empty() {
+        log::line(&format!("[shutdown] still busy, remounted read-only: {}", busy.join(" ")));
+    }
+    // SAFETY: as above; whatever the read-only remounts flushed is on the disks before the power goes.
+    unsafe { libc::sync() };
     all.done();
     log::line(&format!("{action:?} now"));
     loop {
@@ -64,9 +70,24 @@ fn kill_everything() {
     }
 }
 
+/// Swap partitions off, so nothing is paged to the data disk while its filesystem goes away.
+fn swap_off_all() {
+    let swaps = std::fs::read_to_string("/proc/swaps").unwrap_or_default();
+    for dev in swaps.lines().skip(1).filter_map(|l| l.split_whitespace().next()) {
+        if let Ok(c) = sys::cstr(dev) {
+            // SAFETY: valid C string.
+            if unsafe { libc::swapoff(c.as_ptr()) } != 0 {
+                log::line(&format!("[shutdown] swapoff {dev}: {}", std::io::Error::last_os_error()));
+            }
+        }
+    }
+}
+
 /// Unmount in reverse mount order; what cannot be unmounted (/, API filesystems) is remounted read-only.
-fn unmount_all() {
-    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else { return };
+/// Returns the mount points that were busy (other than the root and API filesystems).
+fn unmount_all() -> Vec<String> {
+    let mut busy = Vec::new();
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else { return busy };
     let targets: Vec<String> = mounts.lines().filter_map(|l| l.split(' ').nth(1)).map(|s| s.replace("\\040", " ")).collect();
     for t in targets.iter().rev() {
         if matches!(t.as_str(), "/" | "/proc" | "/sys" | "/dev") || t.starts_with("/run/ferry") {
@@ -74,6 +95,10 @@ fn unmount_all() {
         }
         if sys::umount(t, 0).is_err() {
             let _ = sys::mount("", t, "", libc::MS_REMOUNT | libc::MS_RDONLY, "");
+            if t.starts_with("/mnt/") || t.starts_with("/var") || t == "/tmp" || t.starts_with("/etc") {
+                busy.push(t.clone());
+            }
         }
     }
+    busy
 }

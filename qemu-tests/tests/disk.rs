@@ -291,6 +291,9 @@ fn provisioner_and_reboot(r: &mut Report, home: &Path) {
     let _ = ferry(home, &["stop", "dm"], 3 * MIN);
     r.check("the disk is grown by 2 GiB while the VM is off (qemu-img resize)", run(Command::new("qemu-img").args(["resize", "-q", "-f", "raw"]).arg(m.disk()).arg("+2G"), None, MIN));
 
+    // Keep the first boot's console (its shutdown lines) for the report if anything below fails.
+    let first_console = console(&m);
+    let failed_before = r.failed.len();
     // Boot 2: the profile's certificates are in force, so wait on the console, then use the test's CLI.
     if let Err(e) = boot(&m, "", vec![]).and_then(|_| wait_console(&m, "engine ready", 10 * MIN)) {
         r.check("second boot reaches engine ready", Err(e));
@@ -324,6 +327,10 @@ fn provisioner_and_reboot(r: &mut Report, home: &Path) {
         Ok(format!("{} → {} MiB", size_before / 1024, after / 1024))
     })());
     let _ = ferry(home, &["stop", "dm"], 3 * MIN);
+    if r.failed.len() > failed_before {
+        let tail = |c: &str| c.lines().filter(|l| l.starts_with("ferry")).rev().take(25).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        println!("--- first boot's console (end) ---\n{}\n--- second boot's console (end) ---\n{}\n---", tail(&first_console), tail(&console(&m)));
+    }
     r.check("sgdisk -v finds no problems on the grown disk", contains(run(Command::new("sgdisk").arg("-v").arg(m.disk()), None, MIN), "No problems found"));
 }
 
