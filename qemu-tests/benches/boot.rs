@@ -33,7 +33,7 @@ fn main() {
     std::fs::write(&tiny, w.finish()).unwrap();
     let t = Instant::now();
     let st = Command::new("qemu-system-x86_64")
-        .args(["-machine", "q35", "-accel", &qemu::accel(), "-cpu", "max", "-m", "2048", "-smp", "2", "-display", "none", "-vga", "none", "-no-reboot", "-serial", "null", "-kernel"])
+        .args(["-machine", "q35", "-accel", &qemu::accel_arg(), "-cpu", "max", "-m", "2048", "-smp", "2", "-display", "none", "-vga", "none", "-no-reboot", "-serial", "null", "-kernel"])
         .arg(&vmlinuz)
         .arg("-initrd")
         .arg(&tiny)
