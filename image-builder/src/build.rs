@@ -4,7 +4,7 @@ use crate::cpio::{self, Body};
 use crate::error::{Context, Error, Result};
 use crate::modules::Catalog;
 use crate::util::{self, Step};
-use crate::{debian, kconfig, rootfs};
+use crate::{debian, kconfig, media, rootfs};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,11 +17,18 @@ pub struct Inputs {
     pub engine: PathBuf,
 }
 
+/// Instants every format we write can store: FAT starts in 1980, squashfs stores 32-bit seconds.
+pub const EPOCH_RANGE: std::ops::RangeInclusive<i64> = 315_532_800..=4_294_967_295;
+
 /// SOURCE_DATE_EPOCH, else the last commit's time, so the same checkout builds the same bytes.
 pub fn source_date_epoch(repo: &Path) -> Result<i64> {
     if let Ok(v) = std::env::var("SOURCE_DATE_EPOCH") {
-        return v.trim().parse::<i64>().ok().filter(|e| *e > 0).ok_or_else(|| {
-            Error::msg(format!("SOURCE_DATE_EPOCH={v:?} is not a positive number of seconds since 1970"))
+        return v.trim().parse::<i64>().ok().filter(|e| EPOCH_RANGE.contains(e)).ok_or_else(|| {
+            Error::msg(format!(
+                "SOURCE_DATE_EPOCH={v:?} is not a time the media can record: give seconds since 1970 between {} (1980, FAT's first year) and {} (2106, squashfs's last)",
+                EPOCH_RANGE.start(),
+                EPOCH_RANGE.end()
+            ))
         });
     }
     let out = util::run(Command::new("git").arg("-C").arg(repo).args(["log", "-1", "--format=%ct"]));
@@ -40,7 +47,7 @@ impl Inputs {
     /// Hash of everything the image is made from (except Debian's archive, which the manifest records).
     pub fn fingerprint(&self) -> Result<String> {
         let mut all = Vec::new();
-        for dir in ["rootfs", "kernel-config"] {
+        for dir in ["rootfs", "kernel-config", "image-builder/media"] {
             let mut files = Vec::new();
             collect(&self.repo.join(dir), &mut files);
             files.sort();
@@ -52,6 +59,10 @@ impl Inputs {
         all.extend_from_slice(util::sha256_file(&self.init)?.as_bytes());
         all.extend_from_slice(util::sha256_file(&self.engine)?.as_bytes());
         all.extend_from_slice(self.epoch.to_string().as_bytes());
+        // The builder itself: a new ISO writer must not find out/ "up to date".
+        if let Ok(me) = std::env::current_exe() {
+            all.extend_from_slice(util::sha256_file(&me)?.as_bytes());
+        }
         Ok(util::sha256_hex(&all))
     }
 }
@@ -69,12 +80,15 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// What `build` writes into out/ (besides manifest.json).
+pub const ARTIFACTS: [&str; 5] = ["vmlinuz", "initrd.img", "kernel.config", "ferry.iso", "ferry.img"];
+
 /// Is out/ up to date with these inputs?
 pub fn is_current(inp: &Inputs) -> bool {
     let m = std::fs::read_to_string(inp.out.join("manifest.json")).ok().and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
     let fp = inp.fingerprint().ok();
     matches!((m, fp), (Some(m), Some(fp)) if m["inputs"].as_str() == Some(fp.as_str())
-        && inp.out.join("vmlinuz").is_file() && inp.out.join("initrd.img").is_file())
+        && ARTIFACTS.iter().all(|a| inp.out.join(a).is_file()))
 }
 
 fn kernel_version(tree: &Path) -> Result<String> {
@@ -104,15 +118,31 @@ fn cached_tree(name: &str, key: &[&str], dest: &Path, make: impl FnOnce(&Path) -
     Ok(false)
 }
 
+/// Write to `<path>.part`, fsync, rename: readers see the old file or the whole new one, never a part.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let tmp = path.with_extension("part");
-    let mut f = std::fs::File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
-    f.write_all(data).ctx(|| format!("write {}", tmp.display()))?;
-    f.sync_all().ctx(|| format!("fsync {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).ctx(|| format!("rename {} to {}", tmp.display(), path.display()))
+    let r = (|| {
+        let mut f = std::fs::File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
+        f.write_all(data).ctx(|| format!("write {}", tmp.display()))?;
+        f.sync_all().ctx(|| format!("fsync {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).ctx(|| format!("rename {} to {}", tmp.display(), path.display()))
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
 }
 
+/// Build everything into out/. On failure the work directory goes too: out/ keeps only whole artefacts.
 pub fn build(inp: &Inputs) -> Result<serde_json::Value> {
+    let r = build_steps(inp);
+    if r.is_err() && std::env::var_os("FERRY_KEEP_WORK").is_none() {
+        let _ = std::fs::remove_dir_all(inp.out.join(".work"));
+    }
+    r
+}
+
+fn build_steps(inp: &Inputs) -> Result<serde_json::Value> {
     let all = Step::start(format!("build into {} (SOURCE_DATE_EPOCH={})", inp.out.display(), inp.epoch));
     let work = inp.out.join(".work");
     if work.exists() {
@@ -123,7 +153,7 @@ pub fn build(inp: &Inputs) -> Result<serde_json::Value> {
 
     let s = Step::start("kernel: extract Debian's linux-image-amd64");
     let ktree = work.join("kernel");
-    let hit = cached_tree("kernel", &[debian::SUITE, "linux-image-amd64"], &ktree, |d| debian::kernel(d, "linux-image-amd64", inp.epoch))?;
+    let hit = cached_tree("kernel", &[debian::SUITE, "linux-image-amd64"], &ktree, |d| debian::extract(d, &["linux-image-amd64".into()], inp.epoch, "kernel"))?;
     let kver = kernel_version(&ktree)?;
     let config = std::fs::read_to_string(ktree.join(format!("boot/config-{kver}"))).ctx(|| "read the kernel config".into())?;
     let req = std::fs::read_to_string(repo.join("kernel-config/requirements.txt")).ctx(|| "read kernel-config/requirements.txt".into())?;
@@ -163,7 +193,8 @@ pub fn build(inp: &Inputs) -> Result<serde_json::Value> {
     let s = Step::start("rootfs: mksquashfs (zstd)");
     let squash = work.join("rootfs.squashfs");
     let e = inp.epoch.to_string();
-    util::run(Command::new("mksquashfs").arg(&root).arg(&squash).args(["-noappend", "-comp", "zstd", "-Xcompression-level", "15", "-b", "256K", "-no-progress", "-quiet", "-mkfs-time", &e, "-all-time", &e]))?;
+    // Times come from the flags; mksquashfs refuses SOURCE_DATE_EPOCH in its environment as well.
+    util::run(Command::new("mksquashfs").env_remove("SOURCE_DATE_EPOCH").arg(&root).arg(&squash).args(["-noappend", "-comp", "zstd", "-Xcompression-level", "15", "-b", "256K", "-no-progress", "-quiet", "-mkfs-time", &e, "-all-time", &e]))?;
     let squash_bytes = std::fs::read(&squash).ctx(|| format!("read {}", squash.display()))?;
     s.done(&format!("{} MB", squash_bytes.len() >> 20));
 
@@ -175,22 +206,40 @@ pub fn build(inp: &Inputs) -> Result<serde_json::Value> {
     let initrd = initramfs(inp, &kver, &early_dir, &busybox, &squash_bytes)?;
     s.done(&format!("{} MB, {} early modules", initrd.len() >> 20, early.len()));
 
-    let s = Step::start("write out/");
+    let s = Step::start("media: ESP (FAT), hybrid ISO, GPT raw image");
+    let media_dir = repo.join("image-builder/media");
+    let boot_pkgs = util::read_data_file(&media_dir.join("packages.txt"))?;
+    let btree = work.join("boot");
+    let key: Vec<&str> = [debian::SUITE].into_iter().chain(boot_pkgs.iter().map(String::as_str)).collect();
+    let hit = cached_tree("boot", &key, &btree, |d| debian::extract(d, &boot_pkgs, inp.epoch, "boot loaders"))?;
+    let boot_versions = debian::deb_versions(&btree, &boot_pkgs)?;
     let vmlinuz = std::fs::read(ktree.join(format!("boot/vmlinuz-{kver}"))).ctx(|| "read the kernel image".into())?;
+    let version = env!("CARGO_PKG_VERSION");
+    let files = media::boot_files(&media_dir, &btree, version)?;
+    let m = media::assemble(&files, &vmlinuz, &initrd, version, inp.epoch)?;
+    s.done(&format!("ISO {} MB, raw {} MB, ESP {} MB {}{}", m.iso.len() >> 20, m.img.len() >> 20, m.esp_bytes >> 20, if m.fat32 { "FAT32" } else { "FAT16" }, if hit { ", boot loaders from cache" } else { "" }));
+
+    let s = Step::start("write out/");
+    // Every artefact goes to a temp name first; nothing half-written is ever left under its real name.
     write_atomic(&inp.out.join("vmlinuz"), &vmlinuz)?;
     write_atomic(&inp.out.join("initrd.img"), &initrd)?;
     write_atomic(&inp.out.join("kernel.config"), config.as_bytes())?;
+    write_atomic(&inp.out.join("ferry.iso"), &m.iso)?;
+    write_atomic(&inp.out.join("ferry.img"), &m.img)?;
     let manifest = serde_json::json!({
         "ferry_version": env!("CARGO_PKG_VERSION"),
         "source_date_epoch": inp.epoch,
         "inputs": inp.fingerprint()?,
         "kernel": kver,
         "suite": debian::SUITE,
+        "boot_packages": boot_versions.iter().map(|(p, v)| serde_json::json!({"name": p, "version": v})).collect::<Vec<_>>(),
         "packages": versions.iter().map(|(p, v)| serde_json::json!({"name": p, "version": v})).collect::<Vec<_>>(),
         "modules": chosen.iter().collect::<Vec<_>>(),
         "artifacts": {
             "vmlinuz": {"sha256": util::sha256_hex(&vmlinuz), "bytes": vmlinuz.len()},
             "initrd.img": {"sha256": util::sha256_hex(&initrd), "bytes": initrd.len()},
+            "ferry.iso": {"sha256": util::sha256_hex(&m.iso), "bytes": m.iso.len()},
+            "ferry.img": {"sha256": util::sha256_hex(&m.img), "bytes": m.img.len()},
             "rootfs.squashfs (inside initrd.img)": {"sha256": util::sha256_hex(&squash_bytes), "bytes": squash_bytes.len()},
         },
     });

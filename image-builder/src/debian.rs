@@ -49,11 +49,24 @@ pub fn rootfs(dest: &Path, packages: &[String], customize: &[String], epoch: i64
     run_mmdebstrap(c, "rootfs")
 }
 
-/// The kernel package tree (extracted, no scripts): /boot/vmlinuz-*, /boot/config-*, /usr/lib/modules/*.
-pub fn kernel(dest: &Path, package: &str, epoch: i64) -> Result<()> {
+/// Packages extracted into a tree, no scripts run: the kernel (/boot/vmlinuz-*, /boot/config-*,
+/// /usr/lib/modules/*) and the boot loaders of the media. `what` names them in errors.
+pub fn extract(dest: &Path, packages: &[String], epoch: i64, what: &str) -> Result<()> {
     let mut c = base("extract", epoch, &deb_cache()?);
-    c.arg(format!("--include={package}")).arg(SUITE).arg(dest);
-    run_mmdebstrap(c, "kernel")
+    // Extracted packages leave no dpkg status behind; record what was fetched for the manifest.
+    c.arg(format!("--extract-hook=for f in \"$1\"/var/cache/apt/archives/*.deb; do dpkg-deb --show --showformat='${{Package}}\\t${{Version}}\\n' \"$f\"; done > \"$1\"/{VERSIONS_FILE}"));
+    c.arg(format!("--include={}", packages.join(","))).arg(SUITE).arg(dest);
+    run_mmdebstrap(c, what)
+}
+
+const VERSIONS_FILE: &str = ".ferry-package-versions";
+
+/// (package, version) of `packages` in a tree made by `extract`.
+pub fn deb_versions(tree: &Path, packages: &[String]) -> Result<Vec<(String, String)>> {
+    let f = tree.join(VERSIONS_FILE);
+    let text = std::fs::read_to_string(&f).ctx(|| format!("read {} (made by debian::extract)", f.display()))?;
+    let all: Vec<(String, String)> = text.lines().filter_map(|l| l.split_once('\t')).map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    Ok(packages.iter().filter_map(|p| all.iter().find(|(n, _)| n == p).cloned()).collect())
 }
 
 /// `package\tversion` lines of an installed tree.

@@ -7,6 +7,7 @@ pub mod disk;
 pub mod error;
 pub mod kconfig;
 pub mod machine;
+pub mod media;
 pub mod modinfo;
 pub mod modules;
 pub mod ping;

@@ -108,9 +108,8 @@ impl Machine {
     pub fn launch(&self, out: &std::path::Path, append: &str) -> Result<crate::qemu::Launch> {
         let p = self.ports()?;
         Ok(crate::qemu::Launch {
-            kernel: out.join("vmlinuz"),
-            initrd: out.join("initrd.img"),
-            append: append.to_string(),
+            direct: Some(crate::qemu::DirectKernel { kernel: out.join("vmlinuz"), initrd: out.join("initrd.img"), append: append.to_string() }),
+            hardware: crate::qemu::Hardware::default(),
             memory_mb: std::env::var("FERRY_MEMORY").ok().and_then(|v| v.parse().ok()).unwrap_or(2048),
             cpus: 2,
             fw_cfg_userdata: (!self.disk().exists()).then(|| self.path("userdata.tar")),

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub struct Launch {
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
-    pub append: String,
+    /// QEMU loads the kernel itself (`ferry up`); `None` boots through the firmware from the drives.
+    pub direct: Option<DirectKernel>,
+    pub hardware: Hardware,
     pub memory_mb: u32,
     pub cpus: u32,
     pub fw_cfg_userdata: Option<PathBuf>,
@@ -20,6 +20,63 @@ pub struct Launch {
     pub pidfile: PathBuf,
 }
 
+pub struct DirectKernel {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub append: String,
+}
+
+/// The emulated machine: chipset, firmware, NIC. The default is what `ferry up` runs (q35, SeaBIOS, virtio).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hardware {
+    /// `q35` (PCIe, built-in AHCI) or `pc` (i440fx, as VirtualBox and Hyper-V Gen1 present).
+    pub chipset: &'static str,
+    pub firmware: Firmware,
+    /// `virtio-net-pci`, or `e1000` (VirtualBox's default NIC).
+    pub nic: &'static str,
+    /// `-nodefaults`: no default CD-ROM, floppy, VGA or NIC (a "legacy-free" machine).
+    pub no_defaults: bool,
+}
+
+impl Default for Hardware {
+    fn default() -> Self {
+        Hardware { chipset: "q35", firmware: Firmware::Bios, nic: "virtio-net-pci", no_defaults: false }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Firmware {
+    /// SeaBIOS, QEMU's default.
+    Bios,
+    /// OVMF (UEFI) from Debian's `ovmf`; `vars` is this machine's writable copy of the variable store.
+    /// With `secure_boot`, the Microsoft-keyed build with Secure Boot enforced (needs SMM).
+    Uefi { vars: PathBuf, secure_boot: bool },
+}
+
+pub const OVMF_DIR: &str = "/usr/share/OVMF";
+
+impl Firmware {
+    /// The firmware image and the variable-store template it starts from.
+    pub fn files(secure_boot: bool) -> (PathBuf, PathBuf) {
+        let d = Path::new(OVMF_DIR);
+        if secure_boot {
+            (d.join("OVMF_CODE_4M.ms.fd"), d.join("OVMF_VARS_4M.ms.fd"))
+        } else {
+            (d.join("OVMF_CODE_4M.fd"), d.join("OVMF_VARS_4M.fd"))
+        }
+    }
+
+    /// UEFI with a fresh copy of the variable store at `vars`.
+    pub fn uefi(vars: PathBuf, secure_boot: bool) -> Result<Firmware> {
+        let (code, template) = Firmware::files(secure_boot);
+        if !code.is_file() {
+            return Err(Error::msg(format!("{} is missing: apt-get install ovmf (./ferry installs it)", code.display())));
+        }
+        std::fs::copy(&template, &vars).ctx(|| format!("copy {} to {}", template.display(), vars.display()))?;
+        Ok(Firmware::Uefi { vars, secure_boot })
+    }
+}
+
 /// How a disk is attached: the bus tells which driver the guest needs (and the device name it gets).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Bus {
@@ -29,6 +86,12 @@ pub enum Bus {
     Ahci,
     /// NVMe: /dev/nvmeXn1.
     Nvme,
+    /// A CD-ROM drive on the AHCI controller.
+    Cdrom,
+    /// A USB stick (usb-storage on an xHCI controller).
+    Usb,
+    /// A CD-ROM drive on virtio-scsi (how Hyper-V Gen2 presents its DVD: SCSI, no IDE).
+    ScsiCdrom,
 }
 
 #[derive(Debug, Clone)]
@@ -37,19 +100,27 @@ pub struct Drive {
     pub format: String,
     pub bus: Bus,
     pub read_only: bool,
+    /// Writes go to a temporary overlay and are dropped (boot media attached as a writable hard disk).
+    pub snapshot: bool,
 }
 
 impl Drive {
     pub fn new(path: PathBuf, format: &str) -> Drive {
-        Drive { path, format: format.into(), bus: Bus::Virtio, read_only: false }
+        Drive { path, format: format.into(), bus: Bus::Virtio, read_only: false, snapshot: false }
     }
-    fn args(&self, i: usize) -> Vec<String> {
-        let ro = if self.read_only { ",readonly=on" } else { "" };
-        let drive = format!("file={},format={},if=none,id=disk{i}{ro}", self.path.display(), self.format);
+    /// `ahci` names the AHCI controller's buses (`ide` for q35's built-in one).
+    fn args(&self, i: usize, ahci: &str) -> Vec<String> {
+        let ro = if self.read_only || matches!(self.bus, Bus::Cdrom | Bus::ScsiCdrom) { ",readonly=on" } else { "" };
+        let snap = if self.snapshot { ",snapshot=on" } else { "" };
+        let media = if matches!(self.bus, Bus::Cdrom | Bus::ScsiCdrom) { ",media=cdrom" } else { "" };
+        let drive = format!("file={},format={},if=none,id=disk{i}{ro}{snap}{media}", self.path.display(), self.format);
         let device = match self.bus {
             Bus::Virtio => format!("virtio-blk-pci,drive=disk{i}"),
-            Bus::Ahci => format!("ide-hd,drive=disk{i},bus=ide.{i}"),
+            Bus::Ahci => format!("ide-hd,drive=disk{i},bus={ahci}.{i}"),
             Bus::Nvme => format!("nvme,drive=disk{i},serial=ferry{i}"),
+            Bus::Cdrom => format!("ide-cd,drive=disk{i},bus={ahci}.{i}"),
+            Bus::ScsiCdrom => format!("scsi-cd,drive=disk{i},bus=scsi0.0"),
+            Bus::Usb => format!("usb-storage,drive=disk{i},bus=xhci.0"),
         };
         vec!["-drive".into(), drive, "-device".into(), device]
     }
@@ -72,25 +143,58 @@ pub fn accel_arg() -> String {
 
 impl Launch {
     pub fn args(&self) -> Vec<String> {
+        let hw = &self.hardware;
+        let secure = matches!(hw.firmware, Firmware::Uefi { secure_boot: true, .. });
         let mut a: Vec<String> = vec![
-            "-machine".into(), "q35".into(),
+            // Secure Boot needs SMM, so that only the firmware can write its variable store.
+            "-machine".into(), if secure { format!("{},smm=on", hw.chipset) } else { hw.chipset.to_string() },
             "-accel".into(), accel_arg(),
             "-cpu".into(), if accel() == "kvm" { "host".into() } else { "max".into() },
             "-m".into(), self.memory_mb.to_string(),
             "-smp".into(), self.cpus.to_string(),
-            "-kernel".into(), self.kernel.display().to_string(),
-            "-initrd".into(), self.initrd.display().to_string(),
-            "-append".into(), self.append.clone(),
+        ];
+        if hw.no_defaults {
+            a.push("-nodefaults".into());
+        }
+        if let Firmware::Uefi { vars, secure_boot } = &hw.firmware {
+            let (code, _) = Firmware::files(*secure_boot);
+            if *secure_boot {
+                a.extend(["-global".into(), "driver=cfi.pflash01,property=secure,value=on".into()]);
+            }
+            a.extend([
+                "-drive".into(), format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()),
+                "-drive".into(), format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+            ]);
+        }
+        if let Some(d) = &self.direct {
+            a.extend([
+                "-kernel".into(), d.kernel.display().to_string(),
+                "-initrd".into(), d.initrd.display().to_string(),
+                "-append".into(), d.append.clone(),
+            ]);
+        }
+        a.extend([
             "-display".into(), "none".into(),
             "-vga".into(), "none".into(),
             "-serial".into(), format!("file:{}", self.console_log.display()),
             "-qmp".into(), format!("unix:{},server=on,wait=off", self.qmp.display()),
             "-device".into(), "virtio-rng-pci".into(),
-        ];
+        ]);
         let fwd: String = self.forwards.iter().map(|(h, g)| format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}")).collect();
-        a.extend(["-netdev".into(), format!("user,id=net0{fwd}"), "-device".into(), "virtio-net-pci,netdev=net0".into()]);
+        a.extend(["-netdev".into(), format!("user,id=net0{fwd}"), "-device".into(), format!("{},netdev=net0", hw.nic)]);
+        // q35 has an AHCI controller built in; i440fx gets one added (VirtualBox's default SATA controller).
+        let ahci = if hw.chipset == "q35" { "ide" } else { "sata" };
+        if hw.chipset != "q35" && self.disks.iter().any(|d| matches!(d.bus, Bus::Ahci | Bus::Cdrom)) {
+            a.extend(["-device".into(), "ich9-ahci,id=sata".into()]);
+        }
+        if self.disks.iter().any(|d| d.bus == Bus::ScsiCdrom) {
+            a.extend(["-device".into(), "virtio-scsi-pci,id=scsi0".into()]);
+        }
+        if self.disks.iter().any(|d| d.bus == Bus::Usb) {
+            a.extend(["-device".into(), "qemu-xhci,id=xhci".into()]);
+        }
         for (i, d) in self.disks.iter().enumerate() {
-            a.extend(d.args(i));
+            a.extend(d.args(i, ahci));
         }
         if let Some(u) = &self.fw_cfg_userdata {
             a.extend(["-fw_cfg".into(), format!("name=opt/ferry/userdata.tar,file={}", u.display())]);

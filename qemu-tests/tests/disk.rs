@@ -422,7 +422,7 @@ fn foreign_disks(r: &mut Report, home: &Path) {
             return;
         }
     };
-    let drives = disks.iter().map(|(p, b)| Drive { path: p.clone(), format: "raw".into(), bus: *b, read_only: false }).collect();
+    let drives = disks.iter().map(|(p, b)| Drive { path: p.clone(), format: "raw".into(), bus: *b, read_only: false, snapshot: false }).collect();
     if let Err(e) = boot(&m, "", drives).and_then(|_| wait_console(&m, "engine ready", 10 * MIN)) {
         r.check("foreign disks: boot reaches engine ready", Err(e));
         return;
