@@ -213,7 +213,8 @@ fn build_steps(inp: &Inputs) -> Result<serde_json::Value> {
     let key: Vec<&str> = [debian::SUITE].into_iter().chain(boot_pkgs.iter().map(String::as_str)).collect();
     let hit = cached_tree("boot", &key, &btree, |d| debian::extract(d, &boot_pkgs, inp.epoch, "boot loaders"))?;
     let boot_versions = debian::deb_versions(&btree, &boot_pkgs)?;
-    let vmlinuz = std::fs::read(ktree.join(format!("boot/vmlinuz-{kver}"))).ctx(|| "read the kernel image".into())?;
+    let kpath = ktree.join(format!("boot/vmlinuz-{kver}"));
+    let vmlinuz = std::fs::read(&kpath).ctx(|| format!("read the kernel image {} (linux-image-amd64 extracted without it? FERRY_REFRESH=1 fetches it again)", kpath.display()))?;
     let version = env!("CARGO_PKG_VERSION");
     let files = media::boot_files(&media_dir, &btree, version)?;
     let m = media::assemble(&files, &vmlinuz, &initrd, version, inp.epoch)?;

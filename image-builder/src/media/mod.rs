@@ -187,6 +187,15 @@ mod tests {
     }
 
     #[test]
+    fn empty_kernel_or_initrd_is_refused() {
+        let b = BootFiles { esp: vec![], iso: vec![], mbr: vec![0; 432] };
+        for (k, i) in [(&b""[..], &b"initrd"[..]), (&b"kernel"[..], &b""[..])] {
+            let e = assemble(&b, k, i, "0.0.0", 1_700_000_000).err().unwrap().to_string();
+            assert!(e.contains("kernel or the initrd is empty"), "{e}");
+        }
+    }
+
+    #[test]
     fn the_command_line_is_one_line() {
         let media = Path::new(env!("CARGO_MANIFEST_DIR")).join("media");
         let c = cmdline(&media).unwrap();
