@@ -18,11 +18,13 @@ pub async fn serve(listener: TcpListener, config: SharedConfig, upstream: PathBu
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     // While dockerd is stopped every connection fails the same way; say so once a minute, not per request.
     let last_complaint = Arc::new(std::sync::Mutex::new(None::<std::time::Instant>));
+    let last_accept_error = std::sync::Mutex::new(None::<std::time::Instant>);
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
-                log(&format!("front door: accept: {e}"));
+                // Out of descriptors (EMFILE) repeats until connections close: say so once a minute.
+                complain_once_a_minute(&last_accept_error, || log(&format!("front door: accept: {e}")));
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -49,17 +51,22 @@ pub async fn serve(listener: TcpListener, config: SharedConfig, upstream: PathBu
             let unix = match UnixStream::connect(&upstream).await {
                 Ok(u) => u,
                 Err(e) => {
-                    if let Ok(mut last) = last_complaint.lock() {
-                        if last.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
-                            *last = Some(std::time::Instant::now());
-                            log(&format!("front door: {peer}: dockerd socket {}: {e} (is docker stopped?)", upstream.display()));
-                        }
-                    }
+                    complain_once_a_minute(&last_complaint, || log(&format!("front door: {peer}: dockerd socket {}: {e} (is docker stopped?)", upstream.display())));
                     return;
                 }
             };
             splice(tls, unix).await;
         });
+    }
+}
+
+/// Run `say` unless it ran less than a minute ago (`last` remembers when).
+fn complain_once_a_minute(last: &std::sync::Mutex<Option<std::time::Instant>>, say: impl FnOnce()) {
+    if let Ok(mut last) = last.lock() {
+        if last.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+            *last = Some(std::time::Instant::now());
+            say();
+        }
     }
 }
 

@@ -33,6 +33,9 @@ pub fn run() -> ! {
     if cmdline.rescue {
         rescue::shell_forever("ferry.rescue on the kernel command line");
     }
+    if let Err(e) = sys::raise_open_files(sys::OPEN_FILES) {
+        log::warn(&format!("open-file limit stays at the kernel's default: {e}"));
+    }
     // Ctrl-Alt-Del becomes SIGINT to us instead of an immediate reboot.
     // SAFETY: reboot(2) with the CAD-off command only changes a flag.
     unsafe { libc::reboot(libc::RB_DISABLE_CAD) };

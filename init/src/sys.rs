@@ -114,3 +114,18 @@ pub fn unblock_signals_in_child(cmd: &mut std::process::Command) {
         });
     }
 }
+
+/// Open files for PID 1 and everything it starts (soft = hard). The kernel's default (1024 soft) lets the
+/// engine's front door run out of descriptors at ~500 connections (each holds a TCP and a unix socket);
+/// dockerd and containerd want many more. 1048576 is the kernel's `fs.nr_open` default, which boot2docker
+/// also gave dockerd.
+pub const OPEN_FILES: u64 = 1 << 20;
+
+pub fn raise_open_files(n: u64) -> Result<()> {
+    let l = libc::rlimit { rlim_cur: n, rlim_max: n };
+    // SAFETY: setrlimit on our own process with a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &l) } != 0 {
+        return Err(Error::io("setrlimit RLIMIT_NOFILE", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}

@@ -1,0 +1,242 @@
+//! Reliability and security suite (issue 5), first part: the mTLS front door on 2376 under attack, from the
+//! host, against one booted appliance. Every case must be refused or bounded while `/_ping` keeps
+//! answering; the suite prints a results table (Markdown) for docs/reliability.md.
+use ferry_builder::machine::Machine;
+use ferry_builder::ping;
+use qemu_tests::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Table(Vec<(String, String, String)>);
+
+impl Table {
+    fn add(&mut self, r: &mut Report, case: &str, res: Result<String, String>) {
+        let (outcome, detail) = match &res {
+            Ok(d) => ("ok", d.clone()),
+            Err(e) => ("FAIL", e.lines().next().unwrap_or("").chars().take(160).collect()),
+        };
+        self.0.push((case.to_string(), outcome.to_string(), detail));
+        r.check(case, res);
+    }
+    fn print(&self) {
+        println!("\n| case | result | measured |\n|---|---|---|");
+        for (c, o, d) in &self.0 {
+            println!("| {c} | {o} | {} |", d.replace('|', "/"));
+        }
+    }
+}
+
+fn main() {
+    let mut r = Report::default();
+    println!("reliability: Ferry under QEMU ({}), ferry = {}", ferry_builder::qemu::accel(), ferry_bin().display());
+    let home = std::env::temp_dir().join(format!("ferry-rel-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&home);
+    std::env::set_var("FERRY_HOME", &home);
+    let _guard = KillGuard { home: home.clone() };
+    let mut t = Table(Vec::new());
+    let up = ferry(&home, &["up", "rel", "--no-disk"], 40 * MIN);
+    let env = up.as_ref().ok().and_then(|o| DockerEnv::parse(o));
+    if !r.check("ferry up boots the appliance", up.and_then(|o| env.clone().map(|_| String::new()).ok_or(format!("no exports in {o}")))) {
+        r.finish("reliability");
+    }
+    let env = env.unwrap_or_default();
+    front_door(&mut r, &mut t, &home, &env);
+    t.print();
+    let _ = std::fs::remove_dir_all(&home);
+    r.finish("reliability");
+}
+
+/// Raise this process's open-file limit to its hard limit (1000 idle connections need the descriptors).
+fn raise_nofile() {
+    #[repr(C)]
+    struct Rlimit {
+        cur: u64,
+        max: u64,
+    }
+    extern "C" {
+        fn getrlimit(res: i32, r: *mut Rlimit) -> i32;
+        fn setrlimit(res: i32, r: *const Rlimit) -> i32;
+    }
+    const RLIMIT_NOFILE: i32 = 7;
+    let mut l = Rlimit { cur: 0, max: 0 };
+    // SAFETY: plain libc calls on a local struct.
+    unsafe {
+        if getrlimit(RLIMIT_NOFILE, &mut l) == 0 {
+            l.cur = l.max;
+            setrlimit(RLIMIT_NOFILE, &l);
+        }
+    }
+}
+
+fn refused(out: Result<String, String>) -> Result<String, String> {
+    match out {
+        Ok(o) if o.contains("OK") => Err(format!("answered: {}", o.trim())),
+        Ok(o) => Ok(format!("no answer: {}", o.trim())),
+        // Keep the client's own words ("curl: (56) ...") rather than the command line.
+        Err(e) => Ok(e.rfind("curl: (").map(|i| &e[i..]).unwrap_or(&e).lines().next().unwrap_or("").chars().take(100).collect()),
+    }
+}
+
+fn curl(args: &[&str]) -> Result<String, String> {
+    let mut a = vec!["-sS", "--max-time", "20"];
+    a.extend_from_slice(args);
+    run(Command::new("curl").args(&a), None, MIN)
+}
+
+/// A handshake-only client: TCP, TLS handshake with the machine's client certificate, nothing sent.
+fn idle_tls(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>, String> {
+    let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(20)).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+    let mut conn = rustls::ClientConnection::new(cfg, name).map_err(|e| e.to_string())?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).map_err(|e| format!("handshake: {e}"))?;
+    }
+    Ok(rustls::StreamOwned::new(conn, tcp))
+}
+
+/// Time one `/_ping` over mTLS.
+fn ping_ms(addr: SocketAddr, cfg: &Arc<rustls::ClientConfig>) -> Result<f64, String> {
+    let t = Instant::now();
+    let r = ping::get(addr, cfg.clone(), "/_ping", Duration::from_secs(30)).map_err(|e| e.to_string())?;
+    if r.starts_with("HTTP/1.1 200") && r.ends_with("OK") { Ok(t.elapsed().as_secs_f64() * 1000.0) } else { Err(format!("odd /_ping answer {r:?}")) }
+}
+
+fn front_door(r: &mut Report, t: &mut Table, home: &Path, env: &DockerEnv) {
+    raise_nofile();
+    let m = match Machine::named("rel") {
+        Ok(m) => m,
+        Err(e) => return t.add(r, "machine", Err(e.to_string())),
+    };
+    let port = env.port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let url = format!("https://localhost:{port}/_ping");
+    let cp = |f: &str| m.path(f).display().to_string();
+    let cfg = match ping::client_config(&m.dir) {
+        Ok(c) => Arc::new(c),
+        Err(e) => return t.add(r, "client config", Err(e.to_string())),
+    };
+    t.add(r, "control: the machine's client certificate gets /_ping", contains(curl(&["--cacert", &cp("ca.pem"), "--cert", &cp("cert.pem"), "--key", &cp("key.pem"), &url]), "OK"));
+    t.add(r, "no client certificate: refused", refused(curl(&["--cacert", &cp("ca.pem"), &url])));
+    t.add(r, "client certificate from another CA: refused", (|| {
+        let other = home.join("other-ca");
+        let b = ferry_engine::certs::generate("other", &[], ferry_builder::machine::time_now()).map_err(|e| e.to_string())?;
+        b.write_to(&other).map_err(|e| e.to_string())?;
+        let o = |f: &str| other.join(f).display().to_string();
+        refused(curl(&["--cacert", &cp("ca.pem"), "--cert", &o("cert.pem"), "--key", &o("key.pem"), &url]))
+    })());
+    t.add(r, "expired client certificate from the right CA: refused", (|| {
+        let ca_pem = std::fs::read_to_string(m.path("ca.pem")).map_err(|e| e.to_string())?;
+        let ca_key = std::fs::read_to_string(m.path("ca-key.pem")).map_err(|e| e.to_string())?;
+        let ca = ferry_engine::certs::Ca::from_pem(&ca_pem, &ca_key).map_err(|e| e.to_string())?;
+        // Issued four years ago for three years: expired a year ago.
+        let then = ferry_builder::machine::time_now() - time::Duration::days(4 * 365);
+        let (cert, key) = ca.client("expired", then).map_err(|e| e.to_string())?;
+        let (c, k) = (home.join("expired.pem"), home.join("expired-key.pem"));
+        std::fs::write(&c, cert).map_err(|e| e.to_string())?;
+        std::fs::write(&k, key).map_err(|e| e.to_string())?;
+        refused(curl(&["--cacert", &cp("ca.pem"), "--cert", &c.display().to_string(), "--key", &k.display().to_string(), &url]))
+    })());
+    t.add(r, "the server's own certificate presented as a client certificate: refused", refused(curl(&["--cacert", &cp("ca.pem"), "--cert", &cp("server.pem"), "--key", &cp("server-key.pem"), &url])));
+    let s_client = |version: &str| {
+        run(
+            Command::new("openssl")
+                .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), version, "-cipher", "DEFAULT@SECLEVEL=0", "-CAfile", &cp("ca.pem"), "-cert", &cp("cert.pem"), "-key", &cp("key.pem")]),
+            Some(b"Q\n"),
+            MIN,
+        )
+    };
+    t.add(r, "control: openssl s_client with TLS 1.2 completes the handshake", contains(s_client("-tls1_2"), "Protocol  : TLSv1.2").or_else(|_| contains(s_client("-tls1_2"), "TLSv1.2")));
+    for (flag, name) in [("-tls1", "TLS 1.0"), ("-tls1_1", "TLS 1.1")] {
+        t.add(r, &format!("a {name}-only client: refused"), match s_client(flag) {
+            Ok(o) if o.contains("Cipher is (NONE)") || !o.contains("BEGIN CERTIFICATE") => Ok("no session".into()),
+            Ok(o) => Err(format!("a session was made: {}", o.lines().filter(|l| l.contains("Protocol") || l.contains("Cipher")).collect::<Vec<_>>().join("; "))),
+            Err(e) => Ok(e.lines().find(|l| l.contains("alert") || l.contains("error")).unwrap_or("handshake failed").chars().take(100).collect()),
+        });
+    }
+    t.add(r, "plaintext HTTP on 2376: no API answer", refused(curl(&[&format!("http://127.0.0.1:{port}/_ping")])));
+    t.add(r, "slowloris (50 connections that never finish the handshake): closed by the server, API answers meanwhile", (|| {
+        let mut socks = Vec::new();
+        for _ in 0..50 {
+            let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+            // The first 3 bytes of a TLS record header, then silence.
+            s.write_all(&[0x16, 0x03, 0x01]).map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
+            socks.push(s);
+        }
+        let start = Instant::now();
+        let during = ping_ms(addr, &cfg)?;
+        let mut slowest = 0.0f64;
+        for s in &mut socks {
+            let mut b = [0u8; 64];
+            match s.read(&mut b) {
+                Ok(0) | Err(_) => slowest = slowest.max(start.elapsed().as_secs_f64()),
+                Ok(n) => return Err(format!("server sent {n} bytes to a half-finished handshake")),
+            }
+        }
+        if slowest > 20.0 {
+            return Err(format!("the last half-open connection was closed after {slowest:.1}s"));
+        }
+        Ok(format!("all closed within {slowest:.1}s; /_ping meanwhile {during:.0} ms"))
+    })());
+    t.add(r, "the engine may hold enough descriptors for its 1024 connections", (|| {
+        let o = ferry(home, &["ssh", "rel", "--", "grep 'open files' /proc/$(pidof ferry-engine)/limits"], 2 * MIN)?;
+        let soft: u64 = o.split_whitespace().nth(3).and_then(|x| x.parse().ok()).ok_or(format!("odd limits line {o:?}"))?;
+        if soft >= 4096 { Ok(format!("soft limit {soft}")) } else { Err(format!("soft limit {soft}")) }
+    })());
+    t.add(r, "1000 idle mTLS connections: the API still answers", (|| {
+        let before = ping_ms(addr, &cfg)?;
+        let mut idle = Vec::new();
+        let t0 = Instant::now();
+        for i in 0..1000 {
+            idle.push(idle_tls(addr, cfg.clone()).map_err(|e| format!("idle connection {i}: {e}"))?);
+        }
+        let opened = t0.elapsed().as_secs_f64();
+        let during = ping_ms(addr, &cfg)?;
+        let version = contains(env.run(&["version", "--format", "{{.Server.Version}}"], None, 2 * MIN), "26.")?;
+        drop(idle);
+        let _ = version;
+        Ok(format!("opened in {opened:.0}s; /_ping {before:.0} ms before, {during:.0} ms with 1000 open; docker version works"))
+    })());
+    t.add(r, "200 parallel `docker version`: all answered, /_ping latency during the flood", (|| {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sampler = {
+            let (stop, cfg) = (stop.clone(), cfg.clone());
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    v.push(ping_ms(addr, &cfg));
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                v
+            })
+        };
+        let t0 = Instant::now();
+        let kids: Vec<_> = (0..200).map(|_| env.docker().args(["version", "--format", "{{.Server.Version}}"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn()).collect();
+        let mut ok = 0;
+        let mut first_err = String::new();
+        for k in kids {
+            match k.and_then(|c| c.wait_with_output()) {
+                Ok(o) if o.status.success() && String::from_utf8_lossy(&o.stdout).starts_with("26.") => ok += 1,
+                Ok(o) if first_err.is_empty() => first_err = text(&o),
+                Err(e) if first_err.is_empty() => first_err = e.to_string(),
+                _ => {}
+            }
+        }
+        let took = t0.elapsed().as_secs_f64();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let samples = sampler.join().map_err(|_| "sampler panicked".to_string())?;
+        let mut lat: Vec<f64> = samples.iter().filter_map(|s| s.as_ref().ok().copied()).collect();
+        let failed_pings = samples.len() - lat.len();
+        lat.sort_by(|a, b| a.total_cmp(b));
+        let p50 = lat.get(lat.len() / 2).copied().unwrap_or(f64::NAN);
+        let max = lat.last().copied().unwrap_or(f64::NAN);
+        let detail = format!("{ok}/200 in {took:.0}s; /_ping during: {} samples, p50 {p50:.0} ms, max {max:.0} ms, {failed_pings} failed", samples.len());
+        if ok == 200 && failed_pings == 0 { Ok(detail) } else { Err(format!("{detail}; first error: {}", first_err.trim())) }
+    })());
+    t.add(r, "after all of it: docker version still answers", contains(env.run(&["version", "--format", "{{.Server.Version}}"], None, 2 * MIN), "26."));
+}
