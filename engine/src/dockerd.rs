@@ -10,6 +10,11 @@ pub const SOCKET: &str = "/var/run/docker.sock";
 /// dockerd's own flags: unix socket only (the front door owns TCP), overlay2 on cgroup v2.
 pub const ARGS: &[&str] = &["-H", "unix:///var/run/docker.sock", "--storage-driver", "overlay2", "--shutdown-timeout", "15"];
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(22);
+/// dockerd writes its pid here; a dockerd left by a previous engine manager is found through it.
+pub const PID_FILE: &str = "/var/run/docker.pid";
+/// dockerd's own containerd; it may outlive dockerd by a moment, and a dockerd started meanwhile would
+/// attach to it while it shuts down.
+const CONTAINERD_PID_FILE: &str = "/var/run/docker/containerd/containerd.pid";
 
 /// Debian installs dockerd in /usr/sbin; other layouts in /usr/bin.
 pub fn binary() -> PathBuf {
@@ -21,6 +26,9 @@ pub struct Dockerd {
     pub log_file: PathBuf,
     pub socket: PathBuf,
     child: Option<Child>,
+    /// A dockerd that a previous engine manager started (it was killed; dockerd and its containers lived
+    /// on). We cannot wait() for it, so we watch it by pid.
+    adopted: Option<i32>,
     /// Whether dockerd should be running (start/stop from the control socket flip it).
     pub wanted: bool,
     /// From the profile: extra flags and environment for the next start.
@@ -34,11 +42,25 @@ pub struct Dockerd {
 
 impl Dockerd {
     pub fn new(binary: PathBuf, log_file: PathBuf, socket: PathBuf) -> Dockerd {
-        Dockerd { binary, log_file, socket, child: None, wanted: true, extra_args: vec![], env: vec![], failures: 0, started: None, stopped_at: None }
+        Dockerd { binary, log_file, socket, child: None, adopted: None, wanted: true, extra_args: vec![], env: vec![], failures: 0, started: None, stopped_at: None }
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().and_then(|c| c.id())
+        self.child.as_ref().and_then(|c| c.id()).or(self.adopted.filter(|p| alive(*p)).map(|p| p as u32))
+    }
+
+    /// Take over a dockerd that is still running from a previous engine manager, so that a crash of the
+    /// manager neither stops the containers nor makes the next start fail on dockerd's pid file.
+    /// Returns its pid.
+    pub fn adopt(&mut self, pid_file: &Path) -> Option<i32> {
+        let pid: i32 = std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        if pid <= 1 || comm.trim() != "dockerd" || !alive(pid) {
+            return None;
+        }
+        self.adopted = Some(pid);
+        self.started = Some(Instant::now());
+        Some(pid)
     }
 
     /// ARGS plus the profile's flags; a storage driver from the profile replaces the default one.
@@ -59,9 +81,10 @@ impl Dockerd {
     }
 
     pub fn start(&mut self) -> Result<()> {
-        if self.child.is_some() {
+        if self.child.is_some() || self.adopted.is_some_and(alive) {
             return Ok(());
         }
+        self.adopted = None;
         if let Some(dir) = self.log_file.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
@@ -87,32 +110,62 @@ impl Dockerd {
 
     /// SIGTERM, wait (dockerd stops containers within --shutdown-timeout), then SIGKILL.
     pub async fn stop(&mut self) -> Result<bool> {
-        let Some(mut child) = self.child.take() else { return Ok(false) };
-        if let Some(pid) = child.id() {
-            // SAFETY: signalling our own child process.
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        let containerd = std::fs::read_to_string(CONTAINERD_PID_FILE).ok().and_then(|s| s.trim().parse::<i32>().ok());
+        let stopped = if let Some(pid) = self.adopted.take() {
+            stop_pid(pid).await
+        } else if let Some(mut child) = self.child.take() {
+            if let Some(pid) = child.id() {
+                // SAFETY: signalling our own child process.
+                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            }
+            if tokio::time::timeout(STOP_TIMEOUT, child.wait()).await.is_err() {
+                let _ = child.kill().await;
+            }
+            true
+        } else {
+            return Ok(false);
+        };
+        let is_containerd = |p: &i32| *p > 1 && std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "containerd");
+        if let Some(pid) = containerd.filter(is_containerd) {
+            stop_pid(pid).await;
         }
-        if tokio::time::timeout(STOP_TIMEOUT, child.wait()).await.is_err() {
-            let _ = child.kill().await;
-        }
-        Ok(true)
+        Ok(stopped)
     }
 
     /// If dockerd exited on its own, report it. Returns Some(description) once per exit.
     pub fn check_exit(&mut self) -> Option<String> {
-        let status = self.child.as_mut()?.try_wait().ok()??;
-        self.child = None;
+        let status = match self.adopted {
+            // init reaped it; its exit status went there.
+            Some(pid) if !alive(pid) => {
+                self.adopted = None;
+                "adopted dockerd is gone".to_string()
+            }
+            Some(_) => return None,
+            None => {
+                let status = self.child.as_mut()?.try_wait().ok()??;
+                self.child = None;
+                status.to_string()
+            }
+        };
         if self.started.is_some_and(|t| t.elapsed() > Duration::from_secs(60)) {
             self.failures = 0;
         }
         self.failures += 1;
         self.stopped_at = Some(Instant::now());
-        Some(format!("{status}"))
+        Some(status)
     }
 
     /// Has the child exited (without reaping it; check_exit does that)?
     pub fn exited_now(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+        self.adopted.is_some_and(|p| !alive(p)) || self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
+
+    /// The last lines of dockerd's log, for an error message that explains a failed start.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read(&self.log_file).unwrap_or_default();
+        let text = String::from_utf8_lossy(&text[text.len().saturating_sub(16384)..]).replace('\0', "");
+        let v: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        v[v.len().saturating_sub(lines)..].join("\n")
     }
 
     pub fn failed_start(&mut self) {
@@ -128,6 +181,38 @@ impl Dockerd {
     pub fn backoff(&self) -> Duration {
         Duration::from_secs(1u64 << self.failures.min(5)).min(Duration::from_secs(30))
     }
+}
+
+/// Is `pid` a live process (not a zombie)?
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state letter follows the command name's closing parenthesis.
+        Ok(s) => s.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
+}
+
+/// SIGTERM a process that is not our child, wait for it to go, SIGKILL after STOP_TIMEOUT.
+async fn stop_pid(pid: i32) -> bool {
+    if !alive(pid) {
+        return false;
+    }
+    // SAFETY: plain kill(2) on a pid we checked is dockerd.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let t = Instant::now();
+    while alive(pid) {
+        if t.elapsed() > STOP_TIMEOUT {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let k = Instant::now();
+            while alive(pid) && k.elapsed() < Duration::from_secs(5) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    true
 }
 
 /// `GET /_ping` on a unix socket: true when dockerd answers 200 OK.

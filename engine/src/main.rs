@@ -226,7 +226,7 @@ async fn start_and_wait(e: &mut Engine) -> Reply {
             return Reply { code: 0, text: "docker started".into() };
         }
         if d.pid().is_some() && d.exited_now() {
-            return Reply { code: 1, text: format!("dockerd exited during start; see {}", d.log_file.display()) };
+            return Reply { code: 1, text: format!("dockerd exited during start; the end of {}:\n{}", d.log_file.display(), d.log_tail(6)) };
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -312,6 +312,12 @@ async fn serve() -> i32 {
     log(&format!("TLS material: {}", m.source));
     let config = frontdoor::SharedConfig::new(RwLock::new(m.config));
     let engine = Arc::new(Mutex::new(Engine { d: Dockerd::new(dockerd::binary(), log_path(), dockerd::SOCKET.into()), config: config.clone(), source: m.source, plain: None }));
+    {
+        let mut g = engine.lock().await;
+        if let Some(pid) = g.d.adopt(Path::new(dockerd::PID_FILE)) {
+            log(&format!("adopted dockerd (pid {pid}) left running by a previous engine manager; its containers keep running"));
+        }
+    }
     let listener = bind().await;
     log(&format!("front door listening on :{PORT} (TLS, client certificate required)"));
     tokio::spawn(frontdoor::serve(listener, config, dockerd::SOCKET.into(), Arc::new(log)));

@@ -207,7 +207,49 @@ impl Launch {
         let _ = std::fs::remove_file(&self.console_log);
         let mut args = self.args();
         args.extend(["-daemonize".into(), "-pidfile".into(), self.pidfile.display().to_string()]);
-        crate::util::run(std::process::Command::new("qemu-system-x86_64").args(&args)).map(|_| ())
+        let mut cmd = std::process::Command::new("qemu-system-x86_64");
+        cmd.args(&args);
+        // The slot's lock travels into QEMU and is released when it exits; ours is closed after the spawn.
+        let _slot = match vm_slot()? {
+            Some(f) => {
+                use std::os::fd::AsRawFd;
+                use std::os::unix::process::CommandExt;
+                let fd = f.as_raw_fd();
+                // SAFETY: only fcntl(2) between fork and exec, on a descriptor we own.
+                unsafe {
+                    cmd.pre_exec(move || if libc::fcntl(fd, libc::F_SETFD, 0) == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) });
+                }
+                Some(f)
+            }
+            None => None,
+        };
+        crate::util::run(&mut cmd).map(|_| ())
+    }
+}
+
+/// With FERRY_VM_SLOTS=N (`./ferry test` sets it and runs its suites side by side), at most N QEMUs run
+/// on this host at once, so that TCG guests never share a core and time out. A slot is an exclusive
+/// flock on one of N files; None when no limit is set.
+fn vm_slot() -> Result<Option<std::fs::File>> {
+    let Some(n) = std::env::var("FERRY_VM_SLOTS").ok().and_then(|v| v.parse::<usize>().ok()).filter(|n| *n > 0) else { return Ok(None) };
+    let dir = std::env::var_os("FERRY_VM_SLOT_DIR").map(PathBuf::from).unwrap_or_else(|| std::env::temp_dir().join("ferry-vm-slots"));
+    std::fs::create_dir_all(&dir).ctx(|| format!("create {}", dir.display()))?;
+    let mut told = false;
+    loop {
+        for i in 0..n {
+            let path = dir.join(format!("slot{i}"));
+            let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).ctx(|| format!("open {}", path.display()))?;
+            use std::os::fd::AsRawFd;
+            // SAFETY: flock(2) on a descriptor we own.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(Some(f));
+            }
+        }
+        if !told {
+            eprintln!("waiting for a free VM slot (FERRY_VM_SLOTS={n})");
+            told = true;
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 

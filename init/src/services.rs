@@ -65,10 +65,12 @@ pub struct Supervisor {
 }
 
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+/// A service that ran this long before it exited counts as healthy: it is restarted after 1 s, and only
+/// a service that keeps dying sooner waits longer (1, 2, 4 … 30 s).
+const HEALTHY_AFTER: Duration = Duration::from_secs(5);
 
 pub fn backoff(failures: u32) -> Duration {
-    Duration::from_secs(1u64 << failures.min(5)).min(BACKOFF_MAX)
+    Duration::from_secs(1u64 << failures.saturating_sub(1).min(5)).min(BACKOFF_MAX)
 }
 
 impl Supervisor {
@@ -237,8 +239,8 @@ mod tests {
     use super::*;
     #[test]
     fn backoff_grows_and_caps() {
-        assert_eq!(backoff(1), Duration::from_secs(2));
-        assert_eq!(backoff(3), Duration::from_secs(8));
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(3), Duration::from_secs(4));
         assert_eq!(backoff(50), BACKOFF_MAX);
     }
 }

@@ -1,0 +1,154 @@
+//! Power cuts (QEMU killed with SIGKILL) at random instants: during the first boot of a fresh format-me
+//! disk, and while a container writes and fsyncs files to a volume. The next boot must come up with the
+//! data disk mounted and every acknowledged file intact; host e2fsck -fn must find the filesystem clean.
+use crate::{acpi_stop, add, busybox_image, console, e2fsck, machine, ssh, up, Rng, Shared, CUT_FIRST, CUT_LOAD};
+use qemu_tests::*;
+use std::io::BufRead;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Engine ready comes about 60-80 s after QEMU starts under TCG; the cut lands anywhere before that.
+const FIRST_BOOT_WINDOW: (f64, f64) = (1.0, 75.0);
+
+/// The last boot phase the console shows (where the cut landed).
+fn last_phase(c: &str) -> String {
+    c.lines().rev().find(|l| l.starts_with("ferry")).map(|l| l.trim().chars().take(70).collect()).unwrap_or_else(|| "kernel (no init line yet)".into())
+}
+
+pub fn first_boot(o: &Shared, home: &Path, n: usize, rng: &mut Rng) {
+    let mut survived = 0;
+    for i in 0..n {
+        let name = format!("cut{i}");
+        let at = rng.range(FIRST_BOOT_WINDOW.0, FIRST_BOOT_WINDOW.1);
+        let res = (|| {
+            let m = machine(home, &name)?;
+            m.create(Some(4 << 30)).map_err(|e| e.to_string())?;
+            let l = m.launch(&out_dir(), &format!("console=ttyS0,115200 quiet panic=-1 ferry.hostname={name}")).map_err(|e| e.to_string())?;
+            l.start().map_err(|e| e.to_string())?;
+            let t = Instant::now();
+            while t.elapsed().as_secs_f64() < at && !console(&m).contains("engine ready") {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            kill_qemu(&m.path("qemu.pid"));
+            let c = console(&m);
+            let cut = format!("cut at {:.1}s, {}", t.elapsed().as_secs_f64(), if c.contains("engine ready") { "after engine ready".into() } else { format!("during {:?}", last_phase(&c)) });
+            up(home, &name).map_err(|e| format!("{cut}; next boot: {e}"))?;
+            let key = std::fs::read_to_string(m.path("id_ed25519.pub")).map_err(|e| e.to_string())?;
+            let got = ssh(home, &name, "grep ' /mnt/vda1 ext4 ' /proc/mounts && sudo e2label /dev/vda1 && cat /home/docker/.ssh/authorized_keys").map_err(|e| format!("{cut}; {e}"))?;
+            if !got.contains("boot2docker-data") || !got.contains(key.trim()) {
+                return Err(format!("{cut}; after the next boot: {}", got.trim()));
+            }
+            acpi_stop(home, &m).map_err(|e| format!("{cut}; stop: {e}"))?;
+            let fsck = e2fsck(&m).map_err(|e| format!("{cut}; {e}"))?;
+            Ok(format!("{cut}; next boot: data mounted, keys in place; e2fsck: {fsck}"))
+        })();
+        if add(o, CUT_FIRST, &format!("run {}/{n}", i + 1), res) {
+            survived += 1;
+        }
+        kill_qemu(&home.join("machines").join(&name).join("qemu.pid"));
+        let _ = std::fs::remove_file(home.join("machines").join(&name).join("disk.img"));
+    }
+    add(o, CUT_FIRST, "survived", if survived == n { Ok(format!("{survived}/{n}")) } else { Err(format!("{survived}/{n}")) });
+}
+
+/// The writer: file i holds a known line; written to a temporary name, fsynced, renamed, the directory
+/// fsynced, then "ack i" is printed. Acks reach the host through `docker run`'s attached output.
+fn writer_script(run: usize) -> String {
+    format!(
+        "i=0; while :; do i=$((i+1)); f=/d/r{run}-$i; printf 'run {run} file %d %01000d\\n' $i $i > $f.tmp && busybox sync $f.tmp && busybox mv $f.tmp $f && busybox sync /d && echo ack $i; done"
+    )
+}
+
+fn verify_script(run: usize, acked: usize) -> String {
+    format!(
+        "bad=0; i=1; while [ $i -le {acked} ]; do [ \"$(busybox cat /d/r{run}-$i 2>/dev/null)\" = \"$(printf 'run {run} file %d %01000d' $i $i)\" ] || {{ echo bad $i; bad=$((bad+1)); }}; i=$((i+1)); done; echo checked {acked} bad $bad"
+    )
+}
+
+/// Cut the power while the writer runs; returns (acknowledged files, seconds of writing before the cut).
+fn write_and_cut(env: &DockerEnv, m: &ferry_builder::machine::Machine, run: usize, rng: &mut Rng) -> Result<(usize, f64), String> {
+    busybox_image(env)?;
+    let mut child = env
+        .docker()
+        .args(["run", "--name", &format!("writer{run}"), "-v", "load:/d", "ferry-busybox:test", "busybox", "sh", "-c", &writer_script(run)])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("docker run: {e}"))?;
+    let acked = Arc::new(AtomicUsize::new(0));
+    let reader = {
+        let acked = acked.clone();
+        let out = child.stdout.take().ok_or("no stdout")?;
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if let Some(n) = line.strip_prefix("ack ").and_then(|n| n.trim().parse::<usize>().ok()) {
+                    acked.fetch_max(n, Ordering::SeqCst);
+                }
+            }
+        })
+    };
+    let t = Instant::now();
+    while acked.load(Ordering::SeqCst) < 5 {
+        if t.elapsed() > 4 * MIN {
+            let _ = child.kill();
+            return Err("the writer acknowledged fewer than 5 files in 4 minutes".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let writing = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(rng.range(0.0, 10.0)));
+    kill_qemu(&m.path("qemu.pid"));
+    let secs = writing.elapsed().as_secs_f64();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = reader.join();
+    Ok((acked.load(Ordering::SeqCst), secs))
+}
+
+/// Expects "rel" running (after the shutdown cases); leaves it stopped.
+pub fn under_load(o: &Shared, home: &Path, n: usize, rng: &mut Rng) {
+    let m = match machine(home, "rel") {
+        Ok(m) => m,
+        Err(e) => {
+            add(o, CUT_LOAD, "machine", Err(e));
+            return;
+        }
+    };
+    let mut env = match up(home, "rel") {
+        Ok(e) => e,
+        Err(e) => {
+            add(o, CUT_LOAD, "boot", Err(e));
+            return;
+        }
+    };
+    let mut survived = 0;
+    for run in 1..=n {
+        let res = (|| {
+            let (acked, secs) = write_and_cut(&env, &m, run, rng)?;
+            let cut = format!("cut after {secs:.1}s of writing, {acked} files acknowledged");
+            env = up(home, "rel").map_err(|e| format!("{cut}; next boot: {e}"))?;
+            let v = env.run(&["run", "--rm", "-v", "load:/d", "ferry-busybox:test", "busybox", "sh", "-c", &verify_script(run, acked)], None, 5 * MIN)?;
+            if !v.contains(&format!("checked {acked} bad 0")) {
+                return Err(format!("{cut}; lost or damaged: {}", v.trim()));
+            }
+            acpi_stop(home, &m).map_err(|e| format!("{cut}; stop: {e}"))?;
+            let fsck = e2fsck(&m).map_err(|e| format!("{cut}; {e}"))?;
+            if run < n {
+                env = up(home, "rel").map_err(|e| format!("{cut}; boot for the next run: {e}"))?;
+            }
+            Ok(format!("{cut}; next boot: dockerd up, all {acked} intact; e2fsck: {fsck}"))
+        })();
+        if add(o, CUT_LOAD, &format!("run {run}/{n}"), res) {
+            survived += 1;
+        } else if m.pid().is_none() {
+            match up(home, "rel") {
+                Ok(e) => env = e,
+                Err(_) => break,
+            }
+        }
+    }
+    add(o, CUT_LOAD, "survived", if survived == n { Ok(format!("{survived}/{n}")) } else { Err(format!("{survived}/{n}")) });
+    kill_qemu(&m.path("qemu.pid"));
+}
