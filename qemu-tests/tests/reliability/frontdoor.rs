@@ -182,7 +182,10 @@ pub fn attacks(o: &Shared, home: &Path, env: &DockerEnv) {
             })
         };
         let t0 = Instant::now();
-        let kids: Vec<_> = (0..200).map(|_| env.docker().args(["version", "--format", "{{.Server.Version}}"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn()).collect();
+        // The CLI first asks /_ping for the API version and, if that answer is slow in coming, falls back
+        // to its own newest version, which dockerd 26 refuses ("client version 1.50 is too new"). Seen
+        // in CI with the host's cores busy elsewhere. Pin the version, as docker-machine users often do.
+        let kids: Vec<_> = (0..200).map(|_| env.docker().env("DOCKER_API_VERSION", "1.45").args(["version", "--format", "{{.Server.Version}}"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn()).collect();
         let mut ok = 0;
         let mut first_err = String::new();
         for k in kids {
