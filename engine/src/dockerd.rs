@@ -53,11 +53,7 @@ impl Dockerd {
     /// manager neither stops the containers nor makes the next start fail on dockerd's pid file.
     /// Returns its pid.
     pub fn adopt(&mut self, pid_file: &Path) -> Option<i32> {
-        let pid: i32 = std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-        if pid <= 1 || comm.trim() != "dockerd" || !alive(pid) {
-            return None;
-        }
+        let pid = running_as(pid_file, "dockerd")?;
         self.adopted = Some(pid);
         self.started = Some(Instant::now());
         Some(pid)
@@ -110,7 +106,7 @@ impl Dockerd {
 
     /// SIGTERM, wait (dockerd stops containers within --shutdown-timeout), then SIGKILL.
     pub async fn stop(&mut self) -> Result<bool> {
-        let containerd = std::fs::read_to_string(CONTAINERD_PID_FILE).ok().and_then(|s| s.trim().parse::<i32>().ok());
+        let containerd = running_as(Path::new(CONTAINERD_PID_FILE), "containerd");
         let stopped = if let Some(pid) = self.adopted.take() {
             stop_pid(pid).await
         } else if let Some(mut child) = self.child.take() {
@@ -125,8 +121,7 @@ impl Dockerd {
         } else {
             return Ok(false);
         };
-        let is_containerd = |p: &i32| *p > 1 && std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "containerd");
-        if let Some(pid) = containerd.filter(is_containerd) {
+        if let Some(pid) = containerd {
             stop_pid(pid).await;
         }
         Ok(stopped)
@@ -192,12 +187,19 @@ fn alive(pid: i32) -> bool {
     }
 }
 
+/// The pid in `pid_file`, if that process is alive and named `comm` (a stale file may name another one).
+fn running_as(pid_file: &Path, comm: &str) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
+    let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    (pid > 1 && name.trim() == comm && alive(pid)).then_some(pid)
+}
+
 /// SIGTERM a process that is not our child, wait for it to go, SIGKILL after STOP_TIMEOUT.
 async fn stop_pid(pid: i32) -> bool {
     if !alive(pid) {
         return false;
     }
-    // SAFETY: plain kill(2) on a pid we checked is dockerd.
+    // SAFETY: plain kill(2) on a pid that running_as identified (dockerd or its containerd).
     unsafe { libc::kill(pid, libc::SIGTERM) };
     let t = Instant::now();
     while alive(pid) {

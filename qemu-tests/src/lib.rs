@@ -199,11 +199,57 @@ pub fn contains(out: Result<String, String>, want: &str) -> Result<String, Strin
     }
 }
 
+/// The machine's console log so far (lossy: a power cut can leave stray bytes in it).
+pub fn console(m: &ferry_builder::machine::Machine) -> String {
+    String::from_utf8_lossy(&std::fs::read(m.path("console.log")).unwrap_or_default()).into_owned()
+}
+
+/// Ok when `text` holds every string in `wants`.
+pub fn text_has(text: &str, wants: &[&str]) -> Result<String, String> {
+    let missing: Vec<&&str> = wants.iter().filter(|w| !text.contains(**w)).collect();
+    if missing.is_empty() { Ok(String::new()) } else { Err(format!("console lacks {missing:?}")) }
+}
+
 /// Ok when the machine's console log holds every string in `wants`.
 pub fn console_has(m: &ferry_builder::machine::Machine, wants: &[&str]) -> Result<String, String> {
-    let c = std::fs::read_to_string(m.path("console.log")).unwrap_or_default();
-    let missing: Vec<&&str> = wants.iter().filter(|w| !c.contains(**w)).collect();
-    if missing.is_empty() { Ok(String::new()) } else { Err(format!("console lacks {missing:?}")) }
+    text_has(&console(m), wants)
+}
+
+/// Poll the console every 20 ms (power cuts must land close to the line they wait for).
+pub fn wait_console(m: &ferry_builder::machine::Machine, want: &str, limit: Duration) -> Result<(), String> {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if console(m).contains(want) {
+            return Ok(());
+        }
+        if m.pid().is_none() && Instant::now() + limit > end + Duration::from_secs(5) {
+            return Err(format!("QEMU exited before {want:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(format!("no {want:?} on the console within {}s; tail: {}", limit.as_secs(), console(m).lines().rev().take(8).collect::<Vec<_>>().join(" | ")))
+}
+
+/// Write `data` into an existing file at byte `off` (a disk image's head, a planted string).
+pub fn write_at(p: &Path, off: u64, data: &[u8]) -> Result<(), String> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    f.write_all_at(data, off).map_err(|e| format!("{}: {e}", p.display()))
+}
+
+/// Edit the header of tar entry `n` (0-based; entries are found by their size fields), then fix its
+/// checksum, so that what a test makes hostile is the field it edits, not the checksum.
+pub fn edit_tar_header(tar: &mut [u8], n: usize, edit: impl FnOnce(&mut [u8])) {
+    let mut off = 0;
+    for _ in 0..n {
+        let size = u64::from_str_radix(String::from_utf8_lossy(&tar[off + 124..off + 135]).trim_matches(char::from(0)).trim(), 8).unwrap_or(0) as usize;
+        off += 512 + size.div_ceil(512) * 512;
+    }
+    let h = &mut tar[off..off + 512];
+    edit(h);
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|&b| b as u32).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
 }
 
 /// sha256 of a file, hex (via sha256sum: the disks are large and sparse).

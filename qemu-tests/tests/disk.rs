@@ -11,7 +11,6 @@ use ferry_builder::qemu::{Bus, Drive};
 use qemu_tests::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 const APPEND: &str = "console=ttyS0,115200 quiet panic=-1";
 
@@ -48,25 +47,6 @@ fn boot(m: &Machine, extra: &str, drives: Vec<Drive>) -> Result<(), String> {
     let mut l = m.launch(&out_dir(), &format!("{APPEND} ferry.hostname={} {extra}", m.name)).map_err(|e| e.to_string())?;
     l.disks.extend(drives);
     l.start().map_err(|e| e.to_string())
-}
-
-fn console(m: &Machine) -> String {
-    std::fs::read_to_string(m.path("console.log")).unwrap_or_default()
-}
-
-/// Poll the console every 20 ms (power cuts must land close to the line they wait for).
-fn wait_console(m: &Machine, want: &str, limit: Duration) -> Result<(), String> {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if console(m).contains(want) {
-            return Ok(());
-        }
-        if m.pid().is_none() && Instant::now() + limit > end + Duration::from_secs(5) {
-            return Err(format!("QEMU exited before {want:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Err(format!("no {want:?} on the console within {}s; tail: {}", limit.as_secs(), console(m).lines().rev().take(8).collect::<Vec<_>>().join(" | ")))
 }
 
 /// 1. The first bytes of `ferry disk create --ssh-key` equal the tar docker-machine makes (Go's
@@ -401,7 +381,7 @@ fn foreign_disks(r: &mut Report, home: &Path) {
             ferry_init::userdata::file(".ssh/authorized_keys", 0o644, b"x".to_vec()),
         ]);
         set_type_symlink(&mut tar, 2, "/etc/shadow");
-        write_at(&hostile, &tar)?;
+        write_at(&hostile, 0, &tar)?;
         let second = dir.join("magic-second.img");
         disk::create(&Spec { path: second.clone(), bytes: 2 << 30, format: Format::Raw, ssh_pub: Some(b"ssh-ed25519 AAAA second".to_vec()), tls: None }).map_err(|e| e.to_string())?;
         Ok(vec![(ext4, Bus::Ahci), (fat, Bus::Ahci), (mbr, Bus::Ahci), (random, Bus::Ahci), (hostile, Bus::Nvme), (second, Bus::Nvme)])
@@ -450,24 +430,11 @@ fn foreign_disks(r: &mut Report, home: &Path) {
     r.check("foreign disks and the second format-me disk are byte-identical after the boot", if changed.is_empty() { Ok(format!("{} disks", untouched.len())) } else { Err(format!("changed: {changed:?}")) });
 }
 
-/// Turn entry `n` (0-based, each entry here is one header + at most one data block) into a symlink.
+/// Turn entry `n` (0-based) into a symlink to `target`, with no data.
 fn set_type_symlink(tar: &mut [u8], n: usize, target: &str) {
-    let mut off = 0;
-    for _ in 0..n {
-        let size = u64::from_str_radix(String::from_utf8_lossy(&tar[off + 124..off + 135]).trim_matches(char::from(0)).trim(), 8).unwrap_or(0) as usize;
-        off += 512 + size.div_ceil(512) * 512;
-    }
-    let h = &mut tar[off..off + 512];
-    h[156] = b'2';
-    h[157..157 + target.len()].copy_from_slice(target.as_bytes());
-    h[124..136].copy_from_slice(b"00000000000\0");
-    h[148..156].copy_from_slice(b"        ");
-    let sum: u32 = h.iter().map(|&b| b as u32).sum();
-    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-}
-
-fn write_at(p: &Path, data: &[u8]) -> Result<(), String> {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new().write(true).open(p).map_err(|e| e.to_string())?;
-    f.write_all_at(data, 0).map_err(|e| e.to_string())
+    edit_tar_header(tar, n, |h| {
+        h[156] = b'2';
+        h[157..157 + target.len()].copy_from_slice(target.as_bytes());
+        h[124..136].copy_from_slice(b"00000000000\0");
+    });
 }

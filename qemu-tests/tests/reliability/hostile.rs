@@ -2,7 +2,7 @@
 //! the fw_cfg channel and absurd kernel command-line values in one boot; then hostile userdata.tar
 //! variants on a format-me disk (one per boot, with a PEM that does not parse on fw_cfg). Each case: the
 //! appliance reaches "engine ready", the console names the problem, nothing is written outside its place.
-use crate::{add, console, machine, ssh, tmp, Shared, HOSTILE};
+use crate::{add, machine, ssh, Shared, HOSTILE};
 use ferry_builder::qemu::{Bus, Drive};
 use ferry_init::userdata::{dir, file, write, MAGIC};
 use qemu_tests::*;
@@ -12,23 +12,10 @@ use std::time::{Duration, Instant};
 
 const BASE: &str = "console=ttyS0,115200 quiet panic=-1";
 
+/// Wait for "engine ready" on the console; the seconds it took.
 fn wait_ready(m: &ferry_builder::machine::Machine, limit: Duration) -> Result<f64, String> {
     let t = Instant::now();
-    while t.elapsed() < limit {
-        if console(m).contains("engine ready") {
-            return Ok(t.elapsed().as_secs_f64());
-        }
-        if m.pid().is_none() {
-            return Err(format!("QEMU exited; console tail: {}", console(m).lines().rev().take(6).collect::<Vec<_>>().join(" | ")));
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    Err(format!("no engine ready within {}s", limit.as_secs()))
-}
-
-fn has(c: &str, wants: &[&str]) -> Result<String, String> {
-    let missing: Vec<&&str> = wants.iter().filter(|w| !c.contains(**w)).collect();
-    if missing.is_empty() { Ok(String::new()) } else { Err(format!("console lacks {missing:?}")) }
+    wait_console(m, "engine ready", limit).map(|_| t.elapsed().as_secs_f64())
 }
 
 pub fn all(o: &Shared, home: &Path, all: bool) {
@@ -89,12 +76,6 @@ fn make_foreign(d: &Path, m: &ferry_builder::machine::Machine) -> Result<Vec<(St
     Ok(v)
 }
 
-fn write_at(p: &Path, off: u64, data: &[u8]) -> Result<(), String> {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new().write(true).open(p).map_err(|e| e.to_string())?;
-    f.write_all_at(data, off).map_err(|e| e.to_string())
-}
-
 /// Kernel command-line values: (option, text the console must show).
 const CMDLINE: &[(&str, &str)] = &[
     ("ferry.hostname=bad_name!!", "ignoring ferry.hostname=\"bad_name!!\""),
@@ -108,8 +89,8 @@ fn disks_cmdline_fwcfg(o: &Shared, home: &Path) {
     let setup = (|| {
         let m = machine(home, "hostile-disks")?;
         m.create(None).map_err(|e| e.to_string())?;
-        let disks = make_foreign(&tmp(home, "hostile-disks"), &m)?;
-        let garbage = tmp(home, "garbage-userdata.bin");
+        let disks = make_foreign(&home.join("hostile-disks"), &m)?;
+        let garbage = home.join("garbage-userdata.bin");
         std::fs::write(&garbage, b"\x7fELF this is not a tar archive at all, just bytes on the fw_cfg channel\n".repeat(40)).map_err(|e| e.to_string())?;
         let long_opt = format!("ferry.hostname={}", "x".repeat(300));
         let opts: Vec<&str> = CMDLINE.iter().map(|(k, _)| *k).collect();
@@ -138,7 +119,7 @@ fn disks_cmdline_fwcfg(o: &Shared, home: &Path) {
     for (i, (name, p, text)) in disks.iter().enumerate() {
         let case = format!("disk: {name}: named, passed over, byte-identical");
         add(o, HOSTILE, &case, (|| {
-            has(&c, &[text])?;
+            text_has(&c, &[text])?;
             if sha256_file(p) != before[i] || before[i].is_none() {
                 return Err(format!("{} changed", p.display()));
             }
@@ -146,13 +127,13 @@ fn disks_cmdline_fwcfg(o: &Shared, home: &Path) {
         })());
     }
     add(o, HOSTILE, "all 8 foreign disks named on the console", if passed_over == 8 { Ok("8 \"never written\" lines".into()) } else { Err(format!("{passed_over} \"never written\" lines")) });
-    add(o, HOSTILE, "read-only format-me disk: the appliance runs from RAM with its keys (ssh works)", if alive { has(&c, &["running from RAM"]) } else { Err("ssh did not answer".into()) });
-    add(o, HOSTILE, "garbage on the fw_cfg channel: named, ignored", has(&c, &["opt/ferry/userdata.tar", "continuing without it"]));
+    add(o, HOSTILE, "read-only format-me disk: the appliance runs from RAM with its keys (ssh works)", if alive { text_has(&c, &["running from RAM"]) } else { Err("ssh did not answer".into()) });
+    add(o, HOSTILE, "garbage on the fw_cfg channel: named, ignored", text_has(&c, &["opt/ferry/userdata.tar", "continuing without it"]));
     for (opt, text) in CMDLINE {
-        add(o, HOSTILE, &format!("kernel command line {opt}: named, ignored"), has(&c, &[text]));
+        add(o, HOSTILE, &format!("kernel command line {opt}: named, ignored"), text_has(&c, &[text]));
     }
-    add(o, HOSTILE, "kernel command line ferry.hostname=<300 characters>: named, ignored", has(&c, &["ignoring ferry.hostname=\"xxxxxxxx"]));
-    let _ = std::fs::remove_dir_all(tmp(home, "hostile-disks"));
+    add(o, HOSTILE, "kernel command line ferry.hostname=<300 characters>: named, ignored", text_has(&c, &["ignoring ferry.hostname=\"xxxxxxxx"]));
+    let _ = std::fs::remove_dir_all(home.join("hostile-disks"));
 }
 
 /// A hostile userdata.tar variant: (name, the tar's bytes after the magic entry, console text).
@@ -162,27 +143,13 @@ struct Variant {
     says: &'static str,
 }
 
-/// Header of entry `n` (each entry: one header + data blocks), with its checksum fixed after `edit`.
-fn edit_header(tar: &mut [u8], n: usize, edit: impl FnOnce(&mut [u8])) {
-    let mut off = 0;
-    for _ in 0..n {
-        let size = u64::from_str_radix(String::from_utf8_lossy(&tar[off + 124..off + 135]).trim_matches(char::from(0)).trim(), 8).unwrap_or(0) as usize;
-        off += 512 + size.div_ceil(512) * 512;
-    }
-    let h = &mut tar[off..off + 512];
-    edit(h);
-    h[148..156].copy_from_slice(b"        ");
-    let sum: u32 = h.iter().map(|&b| b as u32).sum();
-    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-}
-
 fn with_entry(path: &str, data: &[u8]) -> Vec<u8> {
     write(&[file(MAGIC, 0, MAGIC), dir(".ssh", 0o700), file(path, 0o644, data.to_vec())])
 }
 
 fn typed(flag: u8, link: &str) -> Vec<u8> {
     let mut t = with_entry(".ssh/authorized_keys", b"");
-    edit_header(&mut t, 2, |h| {
+    edit_tar_header(&mut t, 2, |h| {
         h[156] = flag;
         h[157..157 + link.len()].copy_from_slice(link.as_bytes());
     });
@@ -191,7 +158,7 @@ fn typed(flag: u8, link: &str) -> Vec<u8> {
 
 fn userdata_variants() -> Vec<Variant> {
     let mut huge = with_entry(".ssh/authorized_keys", b"x");
-    edit_header(&mut huge, 2, |h| h[124..136].copy_from_slice(b"17777777777\0"));
+    edit_tar_header(&mut huge, 2, |h| h[124..136].copy_from_slice(b"17777777777\0"));
     let full = with_entry(".ssh/authorized_keys", &[b'k'; 3000]);
     let truncated = full[..512 * 4 + 700].to_vec();
     let mut not_tar = write(&[file(MAGIC, 0, MAGIC)]);
@@ -224,14 +191,14 @@ fn userdata_boot(o: &Shared, home: &Path, i: usize, v: &Variant, bad_pem: bool) 
         if bad_pem {
             entries.extend([dir("tls", 0o700), file("tls/ca.pem", 0o644, b"-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n".to_vec()), file("tls/server.pem", 0o644, b"garbage".to_vec()), file("tls/server-key.pem", 0o600, b"garbage".to_vec())]);
         }
-        let fw = tmp(home, &format!("{name}-fwcfg.tar"));
+        let fw = home.join(&format!("{name}-fwcfg.tar"));
         std::fs::write(&fw, write(&entries)).map_err(|e| e.to_string())?;
         let mut l = m.launch(&out_dir(), &format!("{BASE} ferry.hostname={name}")).map_err(|e| e.to_string())?;
         l.fw_cfg_userdata = Some(fw);
         l.start().map_err(|e| e.to_string())?;
         let s = wait_ready(&m, 12 * MIN)?;
         let c = console(&m);
-        has(&c, &[v.says, "formatting without userdata"])?;
+        text_has(&c, &[v.says, "formatting without userdata"])?;
         let inside = retry(3 * MIN, || ssh(home, &name, "test -e /etc/ferry-pwned && echo PWNED; sudo find /home/docker \\( -type l -o -type p -o -type c \\) | sed 's/^/ODD /'; grep -c ' /mnt/vda1 ' /proc/mounts"))?;
         if inside.contains("PWNED") || inside.contains("ODD ") {
             return Err(format!("found inside: {}", inside.trim()));
@@ -241,7 +208,7 @@ fn userdata_boot(o: &Shared, home: &Path, i: usize, v: &Variant, bad_pem: bool) 
         }
         let mut note = format!("engine ready after {s:.0}s");
         if bad_pem {
-            has(&c, &["using generated certificates"]).map_err(|e| format!("unparsable server.pem on fw_cfg: {e}"))?;
+            text_has(&c, &["using generated certificates"]).map_err(|e| format!("unparsable server.pem on fw_cfg: {e}"))?;
             note.push_str("; fw_cfg's unparsable PEM named, generated certificates used");
         }
         let _ = ferry(home, &["stop", &name], 3 * MIN);

@@ -17,7 +17,7 @@ mod supervision;
 
 use ferry_builder::machine::Machine;
 use qemu_tests::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -157,13 +157,9 @@ pub fn ssh(home: &Path, name: &str, cmd: &str) -> Result<String, String> {
     ferry(home, &["ssh", name, "--", cmd], 3 * MIN)
 }
 
+/// A machine under `home` (main sets FERRY_HOME to it once, before the lanes start).
 pub fn machine(home: &Path, name: &str) -> Result<Machine, String> {
-    std::env::set_var("FERRY_HOME", home);
-    Machine::named(name).map_err(|e| e.to_string())
-}
-
-pub fn console(m: &Machine) -> String {
-    String::from_utf8_lossy(&std::fs::read(m.path("console.log")).unwrap_or_default()).to_string()
+    Machine::named(name).map_err(|e| format!("{}: {e}", home.display()))
 }
 
 /// Import the test's busybox image (once per machine disk; it persists on the data disk).
@@ -224,8 +220,4 @@ pub fn wait_off(m: &Machine, since: Instant, limit: Duration) -> Result<Duration
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(since.elapsed())
-}
-
-pub fn tmp(home: &Path, name: &str) -> PathBuf {
-    home.join(name)
 }

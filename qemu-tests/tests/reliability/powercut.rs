@@ -1,7 +1,7 @@
 //! Power cuts (QEMU killed with SIGKILL) at random instants: during the first boot of a fresh format-me
 //! disk, and while a container writes and fsyncs files to a volume. The next boot must come up with the
 //! data disk mounted and every acknowledged file intact; host e2fsck -fn must find the filesystem clean.
-use crate::{acpi_stop, add, busybox_image, console, e2fsck, machine, ssh, up, Rng, Shared, CUT_FIRST, CUT_LOAD};
+use crate::{acpi_stop, add, busybox_image, e2fsck, machine, ssh, up, Rng, Shared, CUT_FIRST, CUT_LOAD};
 use qemu_tests::*;
 use std::io::BufRead;
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! Supervision: dockerd, sshd and the engine manager are killed inside the VM; each comes back with
 //! back-off, the console says so, the API recovers, and PID 1's memory stays flat over many restarts.
-use crate::{add, busybox_image, console, machine, Shared, SUPERVISION};
+use crate::{add, busybox_image, machine, Shared, SUPERVISION};
 use qemu_tests::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
