@@ -8,7 +8,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixStream};
 use tokio_rustls::TlsAcceptor;
 
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A handshake is dropped when the client sends nothing for this long (a slowloris) ...
+pub const HANDSHAKE_IDLE: Duration = Duration::from_secs(10);
+/// ... or when it is not done after this long in all (a client that trickles a byte now and then).
+/// The limit is on the client's silence, not the handshake's length: a busy machine doing hundreds of
+/// handshakes at once is slow on its own side, and its clients must not be cut off for that.
+pub const HANDSHAKE_TOTAL: Duration = Duration::from_secs(60);
 pub const MAX_CONNECTIONS: usize = 1024;
 
 /// Server config that can be swapped at runtime (certificates reload without restarting dockerd).
@@ -43,11 +48,8 @@ pub async fn serve(listener: TcpListener, config: SharedConfig, upstream: PathBu
         tokio::spawn(async move {
             let _permit = permit;
             let _ = tcp.set_nodelay(true);
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(cfg).accept(tcp)).await {
-                Ok(Ok(t)) => t,
-                // Refusals (no cert, wrong CA, plaintext, too slow) are expected traffic: no console noise.
-                Ok(Err(_)) | Err(_) => return,
-            };
+            // Refusals (no cert, wrong CA, plaintext, too slow) are expected traffic: no console noise.
+            let Some(tls) = handshake(TlsAcceptor::from(cfg), tcp, HANDSHAKE_IDLE, HANDSHAKE_TOTAL).await else { return };
             let unix = match UnixStream::connect(&upstream).await {
                 Ok(u) => u,
                 Err(e) => {
@@ -57,6 +59,59 @@ pub async fn serve(listener: TcpListener, config: SharedConfig, upstream: PathBu
             };
             splice(tls, unix).await;
         });
+    }
+}
+
+/// A stream that notes when it last received bytes (milliseconds since `start`).
+struct Progress<S> {
+    inner: S,
+    start: tokio::time::Instant,
+    last_ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Progress<S> {
+    fn poll_read(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.last_ms.store(self.start.elapsed().as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Progress<S> {
+    fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, b: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, b)
+    }
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The TLS handshake, given up when the client is silent for `idle` or it takes `total` in all.
+pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(acceptor: TlsAcceptor, tcp: S, idle: Duration, total: Duration) -> Option<tokio_rustls::server::TlsStream<impl AsyncRead + AsyncWrite + Unpin>> {
+    let start = tokio::time::Instant::now();
+    let last_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut accept = std::pin::pin!(acceptor.accept(Progress { inner: tcp, start, last_ms: last_ms.clone() }));
+    loop {
+        let last = start + Duration::from_millis(last_ms.load(std::sync::atomic::Ordering::Relaxed));
+        let deadline = (last + idle).min(start + total);
+        tokio::select! {
+            // Handshake first: after a stall of this task, bytes that arrived meanwhile count before the timer.
+            biased;
+            r = &mut accept => return r.ok(),
+            _ = tokio::time::sleep_until(deadline) => {
+                let last = start + Duration::from_millis(last_ms.load(std::sync::atomic::Ordering::Relaxed));
+                let now = tokio::time::Instant::now();
+                if now >= start + total || now >= last + idle {
+                    return None;
+                }
+            }
+        }
     }
 }
 

@@ -7,6 +7,11 @@ use std::time::Duration;
 
 pub const PATH: &str = "/var/lib/boot2docker/profile";
 pub const TIMEOUT: Duration = Duration::from_secs(10);
+/// The environment dump is small; a profile that exports more than this is refused.
+const MAX_ENV: usize = 1 << 20;
+/// Of the profile's own output only the end is kept (for the error message); the rest is read and dropped
+/// so a chatty or endless profile can neither block on a full pipe nor fill the engine manager's memory.
+const KEEP_OUTPUT: usize = 4096;
 
 /// Variables with a meaning to Ferry; every other exported variable goes to dockerd's environment.
 const KNOWN: &[&str] = &["EXTRA_ARGS", "DOCKER_HOST", "DOCKER_STORAGE", "DOCKER_TLS", "CACERT", "SERVERCERT", "SERVERKEY"];
@@ -119,9 +124,14 @@ pub async fn load(path: &Path, timeout: Duration) -> Result<Option<Profile>> {
         .stderr(std::process::Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let child = cmd.spawn().map_err(|e| Error::msg(format!("{}: start /bin/sh: {e}", path.display())))?;
+    let mut child = cmd.spawn().map_err(|e| Error::msg(format!("{}: start /bin/sh: {e}", path.display())))?;
     let pid = child.id();
-    match tokio::time::timeout(timeout, child.wait_with_output()).await {
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let run = async {
+        let (env, talk, status) = tokio::join!(read_bounded(stdout, MAX_ENV, false), read_bounded(stderr, KEEP_OUTPUT, true), child.wait());
+        (env, talk, status)
+    };
+    match tokio::time::timeout(timeout, run).await {
         Err(_) => {
             if let Some(pid) = pid {
                 // SAFETY: killing the process group we created for the profile.
@@ -129,17 +139,46 @@ pub async fn load(path: &Path, timeout: Duration) -> Result<Option<Profile>> {
             }
             Err(Error::msg(format!("{} did not finish within {}s (an endless loop?); it was killed", path.display(), timeout.as_secs())))
         }
-        Ok(Err(e)) => Err(Error::msg(format!("{}: {e}", path.display()))),
-        Ok(Ok(out)) => {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            let tail: Vec<&str> = stderr.lines().rev().take(3).collect::<Vec<_>>().into_iter().rev().collect();
-            if !out.status.success() {
-                return Err(Error::msg(format!("{} failed ({}): {}", path.display(), out.status, tail.join(" / "))));
+        Ok((_, _, Err(e))) => Err(Error::msg(format!("{}: {e}", path.display()))),
+        Ok(((env, env_over), (talk, _), Ok(status))) => {
+            let stderr = String::from_utf8_lossy(&talk);
+            // The last three lines, each cut to 200 characters, say why it failed.
+            let tail: Vec<String> = stderr.lines().rev().take(3).map(|l| l.chars().take(200).collect()).collect::<Vec<_>>().into_iter().rev().collect();
+            if !status.success() {
+                return Err(Error::msg(format!("{} failed ({}): {}", path.display(), status, tail.join(" / "))));
             }
-            if out.stdout.is_empty() {
+            if env_over {
+                return Err(Error::msg(format!("{} exports more than {} KiB of variables; refusing it", path.display(), MAX_ENV >> 10)));
+            }
+            if env.is_empty() {
                 return Err(Error::msg(format!("{} exited before it finished (an `exit` in it?)", path.display())));
             }
-            Ok(Some(from_vars(&parse_env0(&out.stdout))))
+            Ok(Some(from_vars(&parse_env0(&env))))
+        }
+    }
+}
+
+/// Read a pipe to its end, keeping at most `cap` bytes: the first ones, or with `tail` the last ones.
+/// Returns the bytes kept and whether more came.
+async fn read_bounded<R: tokio::io::AsyncRead + Unpin>(r: Option<R>, cap: usize, tail: bool) -> (Vec<u8>, bool) {
+    use tokio::io::AsyncReadExt;
+    let (mut kept, mut over) = (Vec::new(), false);
+    let Some(mut r) = r else { return (kept, over) };
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return (kept, over),
+            Ok(n) => {
+                kept.extend_from_slice(&buf[..n]);
+                if kept.len() > cap {
+                    over = true;
+                    if tail {
+                        kept.drain(..kept.len() - cap);
+                    } else {
+                        kept.truncate(cap);
+                    }
+                }
+            }
         }
     }
 }
@@ -209,6 +248,15 @@ mod tests {
         assert!(e.contains("did not finish within 1s"), "{e}");
         assert!(t.elapsed() < Duration::from_secs(5));
         assert_eq!(load(Path::new("/nonexistent/profile"), TIMEOUT).await.unwrap(), None);
+        // 64 MiB of chatter, then a failure: only the end is kept, and it names the failure.
+        let e = load(&write("chatty", "head -c 67108864 /dev/zero | tr '\\0' x; echo; echo last words; exit 3\n"), TIMEOUT).await.unwrap_err().to_string();
+        assert!(e.contains("exit status: 3") && e.contains("last words") && e.len() < 1024, "{}", &e[..e.len().min(300)]);
+        // An endless talker is killed at the timeout like an endless loop.
+        let e = load(&write("endless", "yes endless\n"), Duration::from_secs(1)).await.unwrap_err().to_string();
+        assert!(e.contains("did not finish within 1s"), "{e}");
+        // Exporting more than a MiB is refused (one variable is capped at 128 KiB by the kernel; twelve are not).
+        let e = load(&write("huge", "v=$(head -c 100000 /dev/zero | tr '\\0' a); for i in 1 2 3 4 5 6 7 8 9 10 11 12; do eval \"V$i=$v\"; done\n"), TIMEOUT).await.unwrap_err().to_string();
+        assert!(e.contains("exports more than 1024 KiB"), "{e}");
     }
 
     #[test]

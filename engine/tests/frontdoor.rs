@@ -234,3 +234,64 @@ fn profile_files_first_and_generated_certs_follow_addresses() {
     assert!(m.source.starts_with("profile"), "{}", m.source);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Copy `from` to `to`, holding every chunk for `delay` first (a slow client, or a slow network).
+async fn slow_pipe(mut from: impl tokio::io::AsyncRead + Unpin, mut to: impl tokio::io::AsyncWrite + Unpin, delay: std::time::Duration) {
+    let mut buf = [0u8; 16 * 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        tokio::time::sleep(delay).await;
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// The handshake limit is on the client's silence: a handshake that takes longer than the idle limit in
+/// all, but never leaves the server waiting that long, completes. A silent client is dropped after the
+/// idle limit, and one that trickles a byte at a time after the total limit.
+#[tokio::test]
+async fn handshake_limit_is_on_silence_not_length() {
+    use std::time::{Duration, Instant};
+    let f = fixture("slow", "echo-at-eof").await;
+    let cfg = Arc::new(material::server_config(&f.dir.join("ca.pem"), &f.dir.join("server.pem"), &f.dir.join("server-key.pem")).unwrap());
+    let (idle, total) = (Duration::from_millis(400), Duration::from_millis(2500));
+
+    // Client -> server bytes arrive 300 ms late: two client flights make the handshake last over 600 ms.
+    let (client_end, relay_c) = tokio::io::duplex(64 * 1024);
+    let (relay_s, server_end) = tokio::io::duplex(64 * 1024);
+    let (c_read, c_write) = tokio::io::split(relay_c);
+    let (s_read, s_write) = tokio::io::split(relay_s);
+    tokio::spawn(slow_pipe(c_read, s_write, Duration::from_millis(300)));
+    tokio::spawn(slow_pipe(s_read, c_write, Duration::ZERO));
+    let client = tokio::spawn(tokio_rustls::TlsConnector::from(Arc::new(good(&f))).connect(ServerName::try_from("localhost").unwrap(), client_end));
+    let t = Instant::now();
+    let server = frontdoor::handshake(tokio_rustls::TlsAcceptor::from(cfg.clone()), server_end, idle, total).await;
+    assert!(server.is_some(), "a slow but steady client was cut off after {:?}", t.elapsed());
+    assert!(t.elapsed() > idle, "the test's handshake was too quick ({:?}) to show anything", t.elapsed());
+    assert!(client.await.unwrap().is_ok());
+
+    // Silent after 3 bytes: dropped after about `idle`.
+    let (mut quiet, server_end) = tokio::io::duplex(1024);
+    quiet.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+    let t = Instant::now();
+    assert!(frontdoor::handshake(tokio_rustls::TlsAcceptor::from(cfg.clone()), server_end, idle, total).await.is_none());
+    assert!(t.elapsed() >= idle && t.elapsed() < total, "silent client dropped after {:?}", t.elapsed());
+
+    // One byte of a valid ClientHello every 200 ms: never silent for `idle`, dropped at `total`.
+    let (mut trickle, server_end) = tokio::io::duplex(1024);
+    tokio::spawn(async move {
+        let hello = [0x16u8, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03];
+        for b in hello.iter().cycle() {
+            if trickle.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let t = Instant::now();
+    assert!(frontdoor::handshake(tokio_rustls::TlsAcceptor::from(cfg), server_end, idle, total).await.is_none());
+    assert!(t.elapsed() >= total && t.elapsed() < total + idle, "trickling client dropped after {:?}", t.elapsed());
+}

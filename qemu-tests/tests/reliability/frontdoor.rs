@@ -71,9 +71,9 @@ fn ping_within(addr: SocketAddr, cfg: &Arc<rustls::ClientConfig>, limit: Duratio
     if r.starts_with("HTTP/1.1 200") && r.ends_with("OK") { Ok(t.elapsed().as_secs_f64() * 1000.0) } else { Err(format!("odd /_ping answer {r:?}")) }
 }
 
-pub fn attacks(o: &Shared, home: &Path, env: &DockerEnv) {
+pub fn attacks(o: &Shared, home: &Path, name: &str, env: &DockerEnv) {
     raise_nofile();
-    let m = match Machine::named("rel") {
+    let m = match Machine::named(name) {
         Ok(m) => m,
         Err(e) => return { add(o, FRONT_DOOR, "machine", Err(e.to_string())); },
     };
@@ -149,7 +149,7 @@ pub fn attacks(o: &Shared, home: &Path, env: &DockerEnv) {
         Ok(format!("all closed within {slowest:.1}s; /_ping meanwhile {during:.0} ms"))
     })());
     add(o, FRONT_DOOR, "the engine may hold enough descriptors for its 1024 connections", (|| {
-        let o = ferry(home, &["ssh", "rel", "--", "grep 'open files' /proc/$(pidof ferry-engine)/limits"], 2 * MIN)?;
+        let o = ferry(home, &["ssh", name, "--", "grep 'open files' /proc/$(pidof ferry-engine)/limits"], 2 * MIN)?;
         let soft: u64 = o.split_whitespace().nth(3).and_then(|x| x.parse().ok()).ok_or(format!("odd limits line {o:?}"))?;
         if soft >= 4096 { Ok(format!("soft limit {soft}")) } else { Err(format!("soft limit {soft}")) }
     })());

@@ -26,13 +26,14 @@ fn start_trappers(env: &DockerEnv) -> Result<(), String> {
 
 /// After a shutdown: the data filesystem mounted without recovery; both containers got SIGTERM `round`
 /// times in all and exited 0.
-fn check_after(o: &Shared, home: &Path, env: &DockerEnv, how: &str, round: usize) {
+fn check_after(o: &Shared, home: &Path, env: &DockerEnv, how: &str, round: usize, boot: Duration) {
     add(o, SHUTDOWN, &format!("after {how}: the data filesystem mounts clean (no journal recovery)"), (|| {
         let d = ssh(home, "rel", "sudo dmesg | grep 'EXT4-fs (vda1)'")?;
         if d.contains("recover") || d.contains("orphan") || d.contains("error") {
             return Err(format!("kernel: {}", d.trim()));
         }
-        Ok(d.lines().last().unwrap_or("").split("]").last().unwrap_or("").trim().to_string())
+        let mounted = d.lines().last().unwrap_or("").split("]").last().unwrap_or("").trim().to_string();
+        Ok(format!("boot to engine ready {:.0}s; {mounted}", boot.as_secs_f64()))
     })());
     add(o, SHUTDOWN, &format!("after {how}: both containers got SIGTERM and exited 0"), (|| {
         let logs = env.run(&["run", "--rm", "-v", "term:/d", "ferry-busybox:test", "busybox", "cat", "/d/trap1", "/d/trap2"], None, 2 * MIN)?;
@@ -65,20 +66,22 @@ pub fn poweroff_and_acpi(o: &Shared, home: &Path, env: &DockerEnv) -> bool {
     if !add(o, SHUTDOWN, "`sudo poweroff` over ssh with two containers running: off within 30 s", poweroff) {
         kill_qemu(&m.path("qemu.pid"));
     }
+    let t = Instant::now();
     let env = match up(home, "rel") {
         Ok(e) => e,
         Err(e) => return add(o, SHUTDOWN, "second boot after poweroff", Err(e)),
     };
-    check_after(o, home, &env, "`sudo poweroff`", 1);
+    check_after(o, home, &env, "`sudo poweroff`", 1, t.elapsed());
     let acpi = start_trappers(&env).and_then(|_| acpi_stop(home, &m)).and_then(within);
     if !add(o, SHUTDOWN, "ACPI power-down (QMP system_powerdown) with two containers running: off within 30 s", acpi) {
         kill_qemu(&m.path("qemu.pid"));
     }
     add(o, SHUTDOWN, "after ACPI power-down: host e2fsck -fn finds the data filesystem clean", e2fsck(&m));
+    let t = Instant::now();
     let env = match up(home, "rel") {
         Ok(e) => e,
         Err(e) => return add(o, SHUTDOWN, "third boot after ACPI power-down", Err(e)),
     };
-    check_after(o, home, &env, "ACPI power-down", 2);
+    check_after(o, home, &env, "ACPI power-down", 2, t.elapsed());
     true
 }

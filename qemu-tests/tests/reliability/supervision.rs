@@ -5,9 +5,9 @@ use qemu_tests::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// Shell helpers for the in-VM scripts: the engine manager's pid (init's child), sshd's listener pid.
+/// Shell helpers for the in-VM scripts: the engine manager's pid (among init's children: a scan of all of /proc forks too much under TCG), sshd's listener pid.
 const HELPERS: &str = r#"
-engine() { for p in /proc/[0-9]*; do [ "$(cat $p/comm 2>/dev/null)" = ferry-engine ] && [ "$(cut -d' ' -f4 $p/stat)" = 1 ] && { echo ${p#/proc/}; return; }; done; }
+engine() { for p in $(cat /proc/1/task/1/children); do [ "$(cat /proc/$p/comm 2>/dev/null)" = ferry-engine ] && { echo $p; return; }; done; }
 sshd() { p=$(cat /run/sshd.pid 2>/dev/null); [ -n "$p" ] && [ "$(cat /proc/$p/comm 2>/dev/null)" = sshd ] && echo $p; }
 rss() { sed -n 's/^VmRSS:[[:space:]]*\([0-9]*\) kB/\1/p' /proc/1/status; }
 # wait_new GETTER OLD: print the new pid once a different one runs (60 s at most).
