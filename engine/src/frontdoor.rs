@@ -25,6 +25,9 @@ pub async fn serve(listener: TcpListener, config: SharedConfig, upstream: PathBu
     let last_complaint = Arc::new(std::sync::Mutex::new(None::<std::time::Instant>));
     let last_accept_error = std::sync::Mutex::new(None::<std::time::Instant>);
     loop {
+        // A slot first, then accept: at the limit, new clients wait in the kernel's listen backlog until a
+        // connection ends (they see a slow answer, not a closed connection; the backlog bounds the queue).
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
@@ -33,10 +36,6 @@ pub async fn serve(listener: TcpListener, config: SharedConfig, upstream: PathBu
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            drop(tcp); // over the limit: refuse rather than queue unbounded
-            continue;
         };
         let cfg = match config.read() {
             Ok(c) => c.clone(),
@@ -133,8 +132,8 @@ pub async fn serve_plain(port: u16, upstream: PathBuf, log: Arc<dyn Fn(&str) + S
     };
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
         let Ok((tcp, _)) = listener.accept().await else { continue };
-        let Ok(permit) = slots.clone().try_acquire_owned() else { continue };
         let upstream = upstream.clone();
         tokio::spawn(async move {
             let _permit = permit;

@@ -295,3 +295,42 @@ async fn handshake_limit_is_on_silence_not_length() {
     assert!(frontdoor::handshake(tokio_rustls::TlsAcceptor::from(cfg), server_end, idle, total).await.is_none());
     assert!(t.elapsed() >= total && t.elapsed() < total + idle, "trickling client dropped after {:?}", t.elapsed());
 }
+
+/// At the connection limit a new client waits (in the listen backlog) instead of being closed, and is
+/// served as soon as one connection ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_limit_new_clients_wait_instead_of_being_closed() {
+    use std::time::Duration;
+    // Both ends of 1024 connections plus their upstream sockets: more than the usual soft limit of 1024.
+    let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+    let f = fixture("limit", "echo-at-eof").await;
+    let mut idle = Vec::new();
+    for _ in 0..frontdoor::MAX_CONNECTIONS {
+        idle.push(connect(&f, good(&f)).await.unwrap());
+    }
+    let waiting = tokio::spawn({
+        let cfg = good(&f);
+        let addr = f.addr;
+        async move {
+            let tcp = TcpStream::connect(addr).await?;
+            tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(ServerName::try_from("localhost").unwrap(), tcp).await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "the client over the limit was answered (or closed) while all slots were taken");
+    drop(idle.pop());
+    let served = tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("not served after a slot freed").unwrap();
+    let mut s = served.expect("the waiting client's handshake failed");
+    s.write_all(b"hello").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"got:hello");
+}
