@@ -99,17 +99,15 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(acceptor: TlsAcceptor,
     loop {
         let last = start + Duration::from_millis(last_ms.load(std::sync::atomic::Ordering::Relaxed));
         let deadline = (last + idle).min(start + total);
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
         tokio::select! {
             // Handshake first: after a stall of this task, bytes that arrived meanwhile count before the timer.
             biased;
             r = &mut accept => return r.ok(),
-            _ = tokio::time::sleep_until(deadline) => {
-                let last = start + Duration::from_millis(last_ms.load(std::sync::atomic::Ordering::Relaxed));
-                let now = tokio::time::Instant::now();
-                if now >= start + total || now >= last + idle {
-                    return None;
-                }
-            }
+            // Bytes may have come while we slept: the deadline is worked out again.
+            _ = tokio::time::sleep_until(deadline) => {}
         }
     }
 }

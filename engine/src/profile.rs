@@ -127,10 +127,7 @@ pub async fn load(path: &Path, timeout: Duration) -> Result<Option<Profile>> {
     let mut child = cmd.spawn().map_err(|e| Error::msg(format!("{}: start /bin/sh: {e}", path.display())))?;
     let pid = child.id();
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-    let run = async {
-        let (env, talk, status) = tokio::join!(read_bounded(stdout, MAX_ENV, false), read_bounded(stderr, KEEP_OUTPUT, true), child.wait());
-        (env, talk, status)
-    };
+    let run = async { tokio::join!(read_bounded(stdout, MAX_ENV, false), read_bounded(stderr, KEEP_OUTPUT, true), child.wait()) };
     match tokio::time::timeout(timeout, run).await {
         Err(_) => {
             if let Some(pid) = pid {

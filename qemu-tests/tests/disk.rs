@@ -1,7 +1,8 @@
 //! End-to-end tests of the data disk and the docker-machine contract, under QEMU TCG:
 //! - `ferry disk create` writes byte-for-byte what docker-machine writes (checked against Go's archive/tar);
 //! - docker-machine's boot2docker provisioner, run over real ssh command by command, then the docker CLI
-//!   with the test's own certificates (hostile profiles are in the reliability suite); a reboot after the disk grew keeps everything;
+//!   with the test's own certificates (hostile profiles are in the reliability suite); a reboot after
+//!   the disk grew keeps everything;
 //! - power cuts at named points of the first boot, each followed by a boot that must finish the setup;
 //! - foreign disks are never written, two format-me disks pick the first by size (NVMe names), hostile
 //!   userdata is refused.

@@ -2,7 +2,7 @@
 //! the fw_cfg channel and absurd kernel command-line values in one boot; then hostile userdata.tar
 //! variants on a format-me disk (one per boot, with a PEM that does not parse on fw_cfg). Each case: the
 //! appliance reaches "engine ready", the console names the problem, nothing is written outside its place.
-use crate::{add, machine, ssh, Shared, HOSTILE};
+use crate::{add, blank, machine, ssh, Shared, HOSTILE};
 use ferry_builder::qemu::{Bus, Drive};
 use ferry_init::userdata::{dir, file, write, MAGIC};
 use qemu_tests::*;
@@ -27,12 +27,6 @@ pub fn all(o: &Shared, home: &Path, all: bool) {
             userdata_boot(o, home, i, v, i == 0);
         }
     }
-}
-
-fn blank(p: &Path, mib: u64) -> Result<PathBuf, String> {
-    let f = std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?;
-    f.set_len(mib << 20).map_err(|e| e.to_string())?;
-    Ok(p.to_path_buf())
 }
 
 /// Foreign disks: (case name, path, a console text that must appear).

@@ -157,6 +157,29 @@ pub fn up(home: &Path, name: &str) -> Result<DockerEnv, String> {
     DockerEnv::parse(&o).ok_or(format!("no exports in {o}"))
 }
 
+/// Shell helpers for root scripts in the VM: the engine manager's pid (among init's children: a scan of
+/// all of /proc forks too much under TCG), sshd's listener pid, init's VmRSS, waiting for a new pid.
+const HELPERS: &str = r#"
+engine() { for p in $(cat /proc/1/task/1/children); do [ "$(cat /proc/$p/comm 2>/dev/null)" = ferry-engine ] && { echo $p; return; }; done; }
+sshd() { p=$(cat /run/sshd.pid 2>/dev/null); [ -n "$p" ] && [ "$(cat /proc/$p/comm 2>/dev/null)" = sshd ] && echo $p; }
+rss() { sed -n 's/^VmRSS:[[:space:]]*\([0-9]*\) kB/\1/p' /proc/1/status; }
+# wait_new GETTER OLD: print the new pid once a different one runs (60 s at most).
+wait_new() { t=0; while [ $t -lt 600 ]; do n=$($1); [ -n "$n" ] && [ "$n" != "$2" ] && { echo $n; return 0; }; sleep 0.1; t=$((t+1)); done; return 1; }
+"#;
+
+/// Run `body` as root in machine `name` (`sudo sh -s` over ssh), with HELPERS defined.
+pub fn root_sh(home: &Path, name: &str, body: &str, timeout: Duration) -> Result<String, String> {
+    let text = format!("{HELPERS}\n{body}\n");
+    run(std::process::Command::new(ferry_bin()).args(["ssh", name, "--", "sudo sh -s"]).env("FERRY_HOME", home), Some(text.as_bytes()), timeout)
+}
+
+/// A sparse file of `mib` MiB (a disk image to fill in).
+pub fn blank(p: &Path, mib: u64) -> Result<std::path::PathBuf, String> {
+    let f = std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    f.set_len(mib << 20).map_err(|e| e.to_string())?;
+    Ok(p.to_path_buf())
+}
+
 pub fn ssh(home: &Path, name: &str, cmd: &str) -> Result<String, String> {
     ferry(home, &["ssh", name, "--", cmd], 3 * MIN)
 }

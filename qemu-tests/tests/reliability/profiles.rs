@@ -2,7 +2,7 @@
 //! alone), then hostile boot2docker profiles on it, one docker restart each. Each profile: the console names
 //! the problem, the engine manager stays small, and the API answers again with the machine's certificates.
 //! The caller gets the running machine afterwards (the front door attacks run on it).
-use crate::{add, machine, Shared, HOSTILE};
+use crate::{add, blank, machine, root_sh, Shared, HOSTILE};
 use ferry_builder::machine::Machine;
 use ferry_builder::qemu::Drive;
 use ferry_init::userdata::{file, write, MAGIC};
@@ -46,16 +46,9 @@ fn profiles() -> Vec<Hostile> {
     ]
 }
 
-/// A format-me disk made of the magic entry alone, `mib` MiB long.
-fn magic_only(p: &Path, mib: u64) -> Result<(), String> {
-    let f = std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?;
-    f.set_len(mib << 20).map_err(|e| e.to_string())?;
-    write_at(p, 0, &write(&[file(MAGIC, 0, MAGIC)]))
-}
-
 /// Root shell in the VM with `script` on stdin.
-fn root_sh(home: &Path, script: &str) -> Result<String, String> {
-    run(std::process::Command::new(ferry_bin()).args(["ssh", NAME, "--", "sudo sh -s"]).env("FERRY_HOME", home), Some(script.as_bytes()), 3 * MIN)
+fn sh(home: &Path, script: &str) -> Result<String, String> {
+    root_sh(home, NAME, script, 3 * MIN)
 }
 
 /// Shell that writes `text` to `path` (as root; quoted here-document, so nothing in it is expanded).
@@ -72,7 +65,8 @@ pub fn all(o: &Shared, home: &Path, then: impl FnOnce(&DockerEnv)) {
         let key = std::fs::read(m.path("id_ed25519.pub")).map_err(|e| e.to_string())?;
         let (tiny, tinier) = (dir.join("tiny.img"), dir.join("tinier.img"));
         ferry_builder::disk::create(&ferry_builder::disk::Spec { path: tiny.clone(), bytes: 600 << 20, format: ferry_builder::disk::Format::Raw, ssh_pub: Some(key), tls: None }).map_err(|e| e.to_string())?;
-        magic_only(&tinier, 300)?;
+        // The magic entry alone.
+        write_at(&blank(&tinier, 300)?, 0, &write(&[file(MAGIC, 0, MAGIC)]))?;
         let before = [sha256_file(&tiny), sha256_file(&tinier)];
         // The machine's userdata (keys and certificates) still comes through fw_cfg.
         let mut l = m.launch(&out_dir(), &format!("console=ttyS0,115200 quiet panic=-1 ferry.hostname={NAME}")).map_err(|e| e.to_string())?;
@@ -124,17 +118,17 @@ fn profiles_on(o: &Shared, home: &Path, m: &Machine, env: &DockerEnv) {
             let t = std::time::Instant::now();
             let files = files.as_deref().map_err(|e| format!("test certificates: {e}"))?;
             // The restart's reply may be an error; what counts is the console and the API afterwards.
-            let _ = root_sh(home, &format!("{files}{}/etc/init.d/docker restart\n", put(PROFILE, &p.text)))?;
+            let _ = sh(home, &format!("{files}{}/etc/init.d/docker restart\n", put(PROFILE, &p.text)))?;
             retry(3 * MIN, || text_has(console(m).get(mark..).unwrap_or(""), p.says))?;
             retry(3 * MIN, || contains(env.run(&["version", "--format", "{{.Server.Version}}"], None, MIN), "26."))?;
-            contains(root_sh(home, p.check), "ok")?;
+            contains(sh(home, p.check), "ok")?;
             let said = console(m).get(mark..).unwrap_or("").lines().find(|l| l.contains(p.says[0])).map(|l| l.trim().chars().take(120).collect::<String>()).unwrap_or_default();
             Ok(format!("API back {:.0}s after the restart began; console: {said:?}", t.elapsed().as_secs_f64()))
         })());
     }
     add(o, HOSTILE, "hostile profiles: the engine manager's peak memory stays bounded", (|| {
-        let _ = root_sh(home, &format!("rm -f {PROFILE}; /etc/init.d/docker restart\n"));
-        let out = root_sh(home, "for p in $(cat /proc/1/task/1/children); do [ \"$(cat /proc/$p/comm)\" = ferry-engine ] && grep VmHWM /proc/$p/status; done; true")?;
+        let _ = sh(home, &format!("rm -f {PROFILE}; /etc/init.d/docker restart\n"));
+        let out = sh(home, "grep VmHWM /proc/$(engine)/status")?;
         let kb: u64 = out.split_whitespace().nth(1).and_then(|v| v.parse().ok()).ok_or(format!("no VmHWM in {out:?}"))?;
         if kb > ENGINE_PEAK_KB { Err(format!("VmHWM {kb} kB")) } else { Ok(format!("VmHWM {kb} kB")) }
     })());

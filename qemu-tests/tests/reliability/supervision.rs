@@ -1,23 +1,13 @@
 //! Supervision: dockerd, sshd and the engine manager are killed inside the VM; each comes back with
 //! back-off, the console says so, the API recovers, and PID 1's memory stays flat over many restarts.
-use crate::{add, busybox_image, machine, Shared, SUPERVISION};
+use crate::{add, busybox_image, machine, root_sh, Shared, SUPERVISION};
 use qemu_tests::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// Shell helpers for the in-VM scripts: the engine manager's pid (among init's children: a scan of all of /proc forks too much under TCG), sshd's listener pid.
-const HELPERS: &str = r#"
-engine() { for p in $(cat /proc/1/task/1/children); do [ "$(cat /proc/$p/comm 2>/dev/null)" = ferry-engine ] && { echo $p; return; }; done; }
-sshd() { p=$(cat /run/sshd.pid 2>/dev/null); [ -n "$p" ] && [ "$(cat /proc/$p/comm 2>/dev/null)" = sshd ] && echo $p; }
-rss() { sed -n 's/^VmRSS:[[:space:]]*\([0-9]*\) kB/\1/p' /proc/1/status; }
-# wait_new GETTER OLD: print the new pid once a different one runs (60 s at most).
-wait_new() { t=0; while [ $t -lt 600 ]; do n=$($1); [ -n "$n" ] && [ "$n" != "$2" ] && { echo $n; return 0; }; sleep 0.1; t=$((t+1)); done; return 1; }
-"#;
-
-/// Run a script as root in the VM (through ssh; the session outlives a killed sshd listener).
+/// A root script on "rel" (through ssh; the session outlives a killed sshd listener).
 fn script(home: &Path, body: &str, timeout: Duration) -> Result<String, String> {
-    let text = format!("{HELPERS}\n{body}\n");
-    run(std::process::Command::new(ferry_bin()).args(["ssh", "rel", "--", "sudo sh -s"]).env("FERRY_HOME", home), Some(text.as_bytes()), timeout)
+    root_sh(home, "rel", body, timeout)
 }
 
 fn api_back(env: &DockerEnv, since: Instant) -> Result<f64, String> {
