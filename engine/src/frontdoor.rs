@@ -15,6 +15,23 @@ pub const HANDSHAKE_IDLE: Duration = Duration::from_secs(10);
 /// handshakes at once is slow on its own side, and its clients must not be cut off for that.
 pub const HANDSHAKE_TOTAL: Duration = Duration::from_secs(60);
 pub const MAX_CONNECTIONS: usize = 1024;
+/// Connections the kernel completes and queues until we accept them (the kernel caps it at somaxconn,
+/// 4096). tokio's and std's `bind` ask for 128: a burst of 200 clients against a busy guest overflowed
+/// that, and the overflow showed up as clients cut off mid-handshake. Deep enough for a full second
+/// round of MAX_CONNECTIONS waiting at the limit.
+pub const BACKLOG: u32 = 4096;
+
+/// Listen on all IPv4 addresses of `port` with the deep backlog.
+pub fn listen(port: u16) -> std::io::Result<TcpListener> {
+    listen_on(std::net::SocketAddr::from(([0, 0, 0, 0], port)))
+}
+
+pub fn listen_on(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let s = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    s.set_reuseaddr(true)?;
+    s.bind(addr)?;
+    s.listen(BACKLOG)
+}
 
 /// Server config that can be swapped at runtime (certificates reload without restarting dockerd).
 pub type SharedConfig = Arc<RwLock<Arc<rustls::ServerConfig>>>;
@@ -24,9 +41,26 @@ pub async fn serve(listener: TcpListener, config: SharedConfig, upstream: PathBu
     // While dockerd is stopped every connection fails the same way; say so once a minute, not per request.
     let last_complaint = Arc::new(std::sync::Mutex::new(None::<std::time::Instant>));
     let last_accept_error = std::sync::Mutex::new(None::<std::time::Instant>);
+    let last_full = std::sync::Mutex::new(None::<std::time::Instant>);
+    let tally = Arc::new(Tally::default());
+    let _report = {
+        let (tally, log) = (tally.clone(), log.clone());
+        AbortOnDrop(tokio::spawn(async move {
+            let mut minute = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                minute.tick().await;
+                if let Some(line) = tally.take() {
+                    log(&format!("front door, last minute: {line}"));
+                }
+            }
+        }))
+    };
     loop {
         // A slot first, then accept: at the limit, new clients wait in the kernel's listen backlog until a
         // connection ends (they see a slow answer, not a closed connection; the backlog bounds the queue).
+        if slots.available_permits() == 0 {
+            complain_once_a_minute(&last_full, || log(&format!("front door: all {MAX_CONNECTIONS} connections in use; new clients wait")));
+        }
         let Ok(permit) = slots.clone().acquire_owned().await else { return };
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -44,11 +78,14 @@ pub async fn serve(listener: TcpListener, config: SharedConfig, upstream: PathBu
         let upstream = upstream.clone();
         let log = log.clone();
         let last_complaint = last_complaint.clone();
+        let tally = tally.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let _ = tcp.set_nodelay(true);
-            // Refusals (no cert, wrong CA, plaintext, too slow) are expected traffic: no console noise.
-            let Some(tls) = handshake(TlsAcceptor::from(cfg), tcp, HANDSHAKE_IDLE, HANDSHAKE_TOTAL).await else { return };
+            let tls = match handshake(TlsAcceptor::from(cfg), tcp, HANDSHAKE_IDLE, HANDSHAKE_TOTAL).await {
+                Ok(t) => t,
+                Err(r) => return tally.count(&r),
+            };
             let unix = match UnixStream::connect(&upstream).await {
                 Ok(u) => u,
                 Err(e) => {
@@ -91,8 +128,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Progress<S> {
     }
 }
 
+/// Why a handshake did not finish.
+#[derive(Debug)]
+pub enum Refused {
+    /// The client sent nothing for the idle limit.
+    Silent,
+    /// The handshake was not done within the total limit.
+    TooLong,
+    /// TLS said no (no or wrong certificate, old protocol, not TLS at all) or the connection broke.
+    Tls(std::io::Error),
+}
+
 /// The TLS handshake, given up when the client is silent for `idle` or it takes `total` in all.
-pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(acceptor: TlsAcceptor, tcp: S, idle: Duration, total: Duration) -> Option<tokio_rustls::server::TlsStream<impl AsyncRead + AsyncWrite + Unpin>> {
+pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(acceptor: TlsAcceptor, tcp: S, idle: Duration, total: Duration) -> Result<tokio_rustls::server::TlsStream<impl AsyncRead + AsyncWrite + Unpin>, Refused> {
     let start = tokio::time::Instant::now();
     let last_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut accept = std::pin::pin!(acceptor.accept(Progress { inner: tcp, start, last_ms: last_ms.clone() }));
@@ -100,15 +148,60 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(acceptor: TlsAcceptor,
         let last = start + Duration::from_millis(last_ms.load(std::sync::atomic::Ordering::Relaxed));
         let deadline = (last + idle).min(start + total);
         if tokio::time::Instant::now() >= deadline {
-            return None;
+            return Err(if deadline >= start + total { Refused::TooLong } else { Refused::Silent });
         }
         tokio::select! {
             // Handshake first: after a stall of this task, bytes that arrived meanwhile count before the timer.
             biased;
-            r = &mut accept => return r.ok(),
+            r = &mut accept => return r.map_err(Refused::Tls),
             // Bytes may have come while we slept: the deadline is worked out again.
             _ = tokio::time::sleep_until(deadline) => {}
         }
+    }
+}
+
+/// Refused handshakes, counted and reported once a minute: each one is expected traffic (scanners,
+/// wrong certificates), but a sudden count is how a cut-off client can be explained afterwards.
+#[derive(Default)]
+pub struct Tally {
+    silent: std::sync::atomic::AtomicU64,
+    too_long: std::sync::atomic::AtomicU64,
+    tls: std::sync::atomic::AtomicU64,
+    example: std::sync::Mutex<Option<String>>,
+}
+
+impl Tally {
+    pub fn count(&self, r: &Refused) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match r {
+            Refused::Silent => self.silent.fetch_add(1, Relaxed),
+            Refused::TooLong => self.too_long.fetch_add(1, Relaxed),
+            Refused::Tls(e) => {
+                if let Ok(mut x) = self.example.lock() {
+                    x.get_or_insert_with(|| e.to_string());
+                }
+                self.tls.fetch_add(1, Relaxed)
+            }
+        };
+    }
+
+    /// The counts since the last call as one line, or None when nothing was refused.
+    pub fn take(&self) -> Option<String> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (s, l, t) = (self.silent.swap(0, Relaxed), self.too_long.swap(0, Relaxed), self.tls.swap(0, Relaxed));
+        let example = self.example.lock().ok().and_then(|mut x| x.take()).map(|e| format!(" (e.g. {e})")).unwrap_or_default();
+        (s + l + t > 0).then(|| {
+            format!("{} handshake(s) refused: {s} silent for {}s, {l} not done in {}s, {t} TLS error(s){example}", s + l + t, HANDSHAKE_IDLE.as_secs(), HANDSHAKE_TOTAL.as_secs())
+        })
+    }
+}
+
+/// Stops a background task when its owner goes (the front door's reporter ends with the front door).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -124,7 +217,7 @@ fn complain_once_a_minute(last: &std::sync::Mutex<Option<std::time::Instant>>, s
 
 /// Plain TCP to dockerd, no authentication: only for a profile's explicit DOCKER_TLS=no.
 pub async fn serve_plain(port: u16, upstream: PathBuf, log: Arc<dyn Fn(&str) + Send + Sync>) {
-    let listener = match TcpListener::bind(("0.0.0.0", port)).await {
+    let listener = match listen(port) {
         Ok(l) => l,
         Err(e) => return log(&format!("ERROR: listen on :{port}: {e}")),
     };

@@ -202,7 +202,7 @@ impl Engine {
 
 async fn bind() -> tokio::net::TcpListener {
     loop {
-        match tokio::net::TcpListener::bind(("0.0.0.0", PORT)).await {
+        match frontdoor::listen(PORT) {
             Ok(l) => return l,
             Err(e) => {
                 log(&format!("ERROR: listen on :{PORT}: {e}; retrying in 5s"));

@@ -69,7 +69,7 @@ async fn fixture(tag: &str, mode: &'static str) -> Fixture {
     let sock = dir.join("docker.sock");
     let count = Arc::new(AtomicUsize::new(0));
     tokio::spawn(upstream(UnixListener::bind(&sock).unwrap(), mode, count.clone()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = frontdoor::listen_on("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();
     let shared = Arc::new(RwLock::new(Arc::new(cfg)));
     tokio::spawn(frontdoor::serve(listener, shared, sock, Arc::new(|_: &str| {})));
@@ -269,7 +269,7 @@ async fn handshake_limit_is_on_silence_not_length() {
     let client = tokio::spawn(tokio_rustls::TlsConnector::from(Arc::new(good(&f))).connect(ServerName::try_from("localhost").unwrap(), client_end));
     let t = Instant::now();
     let server = frontdoor::handshake(tokio_rustls::TlsAcceptor::from(cfg.clone()), server_end, idle, total).await;
-    assert!(server.is_some(), "a slow but steady client was cut off after {:?}", t.elapsed());
+    assert!(server.is_ok(), "a slow but steady client was cut off after {:?}", t.elapsed());
     assert!(t.elapsed() > idle, "the test's handshake was too quick ({:?}) to show anything", t.elapsed());
     assert!(client.await.unwrap().is_ok());
 
@@ -277,7 +277,7 @@ async fn handshake_limit_is_on_silence_not_length() {
     let (mut quiet, server_end) = tokio::io::duplex(1024);
     quiet.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
     let t = Instant::now();
-    assert!(frontdoor::handshake(tokio_rustls::TlsAcceptor::from(cfg.clone()), server_end, idle, total).await.is_none());
+    assert!(matches!(frontdoor::handshake(tokio_rustls::TlsAcceptor::from(cfg.clone()), server_end, idle, total).await, Err(frontdoor::Refused::Silent)));
     assert!(t.elapsed() >= idle && t.elapsed() < total, "silent client dropped after {:?}", t.elapsed());
 
     // One byte of a valid ClientHello every 200 ms: never silent for `idle`, dropped at `total`.
@@ -292,7 +292,7 @@ async fn handshake_limit_is_on_silence_not_length() {
         }
     });
     let t = Instant::now();
-    assert!(frontdoor::handshake(tokio_rustls::TlsAcceptor::from(cfg), server_end, idle, total).await.is_none());
+    assert!(matches!(frontdoor::handshake(tokio_rustls::TlsAcceptor::from(cfg), server_end, idle, total).await, Err(frontdoor::Refused::TooLong)));
     assert!(t.elapsed() >= total && t.elapsed() < total + idle, "trickling client dropped after {:?}", t.elapsed());
 }
 
@@ -333,4 +333,39 @@ async fn at_the_limit_new_clients_wait_instead_of_being_closed() {
     let mut got = Vec::new();
     s.read_to_end(&mut got).await.unwrap();
     assert_eq!(got, b"got:hello");
+}
+
+/// Refused handshakes are counted by reason and reported as one line, then the count starts again.
+#[test]
+fn refusals_are_counted_by_reason_and_reset() {
+    let t = frontdoor::Tally::default();
+    assert_eq!(t.take(), None);
+    t.count(&frontdoor::Refused::Silent);
+    t.count(&frontdoor::Refused::Silent);
+    t.count(&frontdoor::Refused::TooLong);
+    t.count(&frontdoor::Refused::Tls(std::io::Error::other("peer sent no certificates")));
+    t.count(&frontdoor::Refused::Tls(std::io::Error::other("second")));
+    let line = t.take().expect("a report line");
+    assert!(line.starts_with("5 handshake(s) refused: 2 silent for 10s, 1 not done in 60s, 2 TLS error(s)"), "{line}");
+    assert!(line.contains("e.g. peer sent no certificates") && !line.contains("second"), "{line}");
+    assert_eq!(t.take(), None);
+}
+
+/// The front door's listen queue holds a burst far beyond the 128 that tokio's own `bind` asks for: 600
+/// connections complete while nothing accepts. (With a 128 backlog the kernel drops the SYNs past the
+/// queue and connect() stalls for its 1 s retransmit, longer than the timeout here.)
+#[test]
+fn the_listen_queue_holds_a_burst() {
+    use std::time::Duration;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let listener = rt.block_on(async { frontdoor::listen_on("127.0.0.1:0".parse().unwrap()) }).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut held = Vec::new();
+    for i in 0..600 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+            Ok(s) => held.push(s),
+            Err(e) => panic!("connection {i} not queued: {e}"),
+        }
+    }
+    drop(listener);
 }
