@@ -91,6 +91,44 @@ pub fn is_current(inp: &Inputs) -> bool {
         && ARTIFACTS.iter().all(|a| inp.out.join(a).is_file()))
 }
 
+/// Build into out/ unless it is already current (or `force`); true when it built. One build at a time
+/// per out/: a second `ferry up` or `ferry build` started meanwhile waits for the first and then finds
+/// out/ current. (Two at once both wrote out/.work, and one booted a squashfs the other had replaced.)
+pub fn ensure(inp: &Inputs, force: bool) -> Result<bool> {
+    std::fs::create_dir_all(&inp.out).ctx(|| format!("create {}", inp.out.display()))?;
+    let _lock = OutLock::take(&inp.out)?;
+    if !force && is_current(inp) {
+        return Ok(false);
+    }
+    build(inp)?;
+    Ok(true)
+}
+
+/// An exclusive flock on `<out>/.lock`, released when dropped (or when the process dies).
+pub struct OutLock {
+    _held: std::fs::File,
+}
+
+impl OutLock {
+    pub fn take(out: &Path) -> Result<OutLock> {
+        let path = out.join(".lock");
+        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).ctx(|| format!("open {}", path.display()))?;
+        use std::os::fd::AsRawFd;
+        let lock = |how| {
+            // SAFETY: flock on a descriptor this function owns.
+            if unsafe { libc::flock(f.as_raw_fd(), how) } == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+        };
+        if let Err(e) = lock(libc::LOCK_EX | libc::LOCK_NB) {
+            if e.kind() != std::io::ErrorKind::WouldBlock {
+                return Err(e).ctx(|| format!("lock {}", path.display()));
+            }
+            eprintln!("ferry: another build into {} is running; waiting for it to finish", out.display());
+            lock(libc::LOCK_EX).ctx(|| format!("lock {}", path.display()))?;
+        }
+        Ok(OutLock { _held: f })
+    }
+}
+
 fn kernel_version(tree: &Path) -> Result<String> {
     let dir = tree.join("usr/lib/modules");
     let mut v: Vec<String> = std::fs::read_dir(&dir).ctx(|| format!("list {}", dir.display()))?.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
@@ -112,7 +150,8 @@ fn cached_tree(name: &str, key: &[&str], dest: &Path, make: impl FnOnce(&Path) -
         return Ok(true);
     }
     make(dest)?;
-    let part = tarball.with_extension("part");
+    // Per process: two builders into different out/ directories may fill the same cache entry at once.
+    let part = tarball.with_extension(format!("{}.part", std::process::id()));
     util::run(Command::new("tar").args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-cf"]).arg(&part).arg("-C").arg(dest).arg("."))?;
     std::fs::rename(&part, &tarball).ctx(|| format!("rename {}", part.display()))?;
     Ok(false)
@@ -303,4 +342,29 @@ fn initramfs(inp: &Inputs, kver: &str, early_dir: &Path, busybox: &[u8], squash:
     w2.add(ferry_init::rootswitch::IMAGE.trim_start_matches('/'), 0o444, Body::File(squash));
     out.extend_from_slice(&w2.finish());
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OutLock;
+    use std::time::{Duration, Instant};
+
+    /// A second taker waits until the first lock is dropped.
+    #[test]
+    fn the_out_lock_makes_a_second_build_wait() {
+        let out = std::env::temp_dir().join(format!("ferry-outlock-{}", std::process::id()));
+        std::fs::create_dir_all(&out).unwrap();
+        let first = OutLock::take(&out).unwrap();
+        let o = out.clone();
+        let second = std::thread::spawn(move || {
+            let t = Instant::now();
+            let _l = OutLock::take(&o).unwrap();
+            t.elapsed()
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        drop(first);
+        let waited = second.join().unwrap();
+        assert!(waited >= Duration::from_millis(250), "the second lock was granted after {waited:?} while the first was held");
+        let _ = std::fs::remove_dir_all(&out);
+    }
 }

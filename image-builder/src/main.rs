@@ -48,12 +48,9 @@ fn run(args: &[String]) -> Result<i32> {
     match cmd {
         "build" => {
             let inp = Inputs::discover(out_dir()?)?;
-            std::fs::create_dir_all(&inp.out).map_err(|e| Error::msg(format!("create {}: {e}", inp.out.display())))?;
-            if !args.iter().any(|a| a == "--force") && build::is_current(&inp) {
+            if !build::ensure(&inp, args.iter().any(|a| a == "--force"))? {
                 eprintln!("ferry: {} is up to date (use --force to rebuild)", inp.out.display());
-                return Ok(0);
             }
-            build::build(&inp)?;
             Ok(0)
         }
         "up" => {
@@ -132,10 +129,7 @@ fn disk_cmd(args: &[String]) -> Result<i32> {
 fn up(name: &str, disk_bytes: Option<u64>) -> Result<i32> {
     let m = Machine::named(name)?;
     let inp = Inputs::discover(out_dir()?)?;
-    if !build::is_current(&inp) {
-        std::fs::create_dir_all(&inp.out).map_err(|e| Error::msg(format!("create {}: {e}", inp.out.display())))?;
-        build::build(&inp)?;
-    }
+    build::ensure(&inp, false)?;
     m.create(disk_bytes)?;
     let ports = m.ports()?;
     let cfg = Arc::new(ping::client_config(&m.dir)?);
