@@ -84,7 +84,7 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
 pub const ARTIFACTS: [&str; 5] = ["vmlinuz", "initrd.img", "kernel.config", "ferry.iso", "ferry.img"];
 
 /// Is out/ up to date with these inputs?
-pub fn is_current(inp: &Inputs) -> bool {
+fn is_current(inp: &Inputs) -> bool {
     let m = std::fs::read_to_string(inp.out.join("manifest.json")).ok().and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
     let fp = inp.fingerprint().ok();
     matches!((m, fp), (Some(m), Some(fp)) if m["inputs"].as_str() == Some(fp.as_str())
@@ -105,12 +105,12 @@ pub fn ensure(inp: &Inputs, force: bool) -> Result<bool> {
 }
 
 /// An exclusive flock on `<out>/.lock`, released when dropped (or when the process dies).
-pub struct OutLock {
+struct OutLock {
     _held: std::fs::File,
 }
 
 impl OutLock {
-    pub fn take(out: &Path) -> Result<OutLock> {
+    fn take(out: &Path) -> Result<OutLock> {
         let path = out.join(".lock");
         let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).ctx(|| format!("open {}", path.display()))?;
         use std::os::fd::AsRawFd;
@@ -173,7 +173,7 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 }
 
 /// Build everything into out/. On failure the work directory goes too: out/ keeps only whole artefacts.
-pub fn build(inp: &Inputs) -> Result<serde_json::Value> {
+fn build(inp: &Inputs) -> Result<serde_json::Value> {
     let r = build_steps(inp);
     if r.is_err() && std::env::var_os("FERRY_KEEP_WORK").is_none() {
         let _ = std::fs::remove_dir_all(inp.out.join(".work"));
