@@ -43,6 +43,28 @@ pub fn clean_path(raw: &str) -> Result<String> {
     Ok(p.to_string())
 }
 
+/// Keys and certificates are text. One holding NUL bytes is damaged, and the usual cause is an archive cut
+/// short: the head read from the disk pads it with what was there before, zeros on a fresh disk (a NUL
+/// tail) or an older archive (NUL, then stale bytes), so it parses as whole files. Installing such a key
+/// would leave a broken one that fails later with a vaguer message.
+fn text_checked<'a>(path: &str, body: &'a [u8]) -> Result<&'a [u8]> {
+    let is_text = path.starts_with(".ssh/") || path.ends_with(".pem");
+    let Some(first) = body.iter().position(|&b| b == 0).filter(|_| is_text) else {
+        return Ok(body);
+    };
+    if body[first..].iter().all(|&b| b == 0) {
+        return Err(Error::msg(format!(
+            "userdata.tar: {path:?} is truncated (its last {} of {} bytes are NUL: the archive was cut short; write it again)",
+            body.len() - first,
+            body.len()
+        )));
+    }
+    Err(Error::msg(format!(
+        "userdata.tar: {path:?} is truncated or damaged: NUL bytes from byte {first} of {} (a key or certificate is text; write the archive again)",
+        body.len()
+    )))
+}
+
 /// Parse a tar stream. `data` may be the whole disk head (zeros after the archive) or the legacy
 /// truncated 4096 bytes, in which case a file cut by the truncation is dropped with the rest kept.
 pub fn parse(data: &[u8]) -> Result<Vec<Entry>> {
@@ -93,7 +115,7 @@ pub fn parse(data: &[u8]) -> Result<Vec<Entry>> {
             off = next;
             continue;
         }
-        let kind = if typ == b'5' { Kind::Dir } else { Kind::File(data[body..end].to_vec()) };
+        let kind = if typ == b'5' { Kind::Dir } else { Kind::File(text_checked(&path, &data[body..end])?.to_vec()) };
         out.push(Entry { path, mode, kind });
         off = next;
     }
@@ -229,6 +251,25 @@ mod tests {
         let t = write(&[file(MAGIC, 0, MAGIC), file(".ssh/authorized_keys", 0o644, vec![b'k'; 2000])]);
         let e = parse(&t[..1024 + 512 + 700]).unwrap_err().to_string();
         assert!(e.contains("authorized_keys") && e.contains("truncated"), "{e}");
+        // Cut mid-file on a zeroed disk: the missing bytes read as zeros, so only the NUL tail shows the cut.
+        let whole = write(&[file(MAGIC, 0, MAGIC), file(".ssh/authorized_keys", 0o644, vec![b'k'; 3000])]);
+        let mut disk = whole[..1024 + 512 + 700].to_vec();
+        disk.resize(1 << 16, 0);
+        let e = parse(&disk).unwrap_err().to_string();
+        assert!(e.contains("authorized_keys") && e.contains("is truncated") && e.contains("last 2300 of 3000"), "{e}");
+        let mut nul_inside = vec![b'k'; 100];
+        nul_inside[40] = 0;
+        let e = parse(&write(&[file("tls/ca.pem", 0o644, nul_inside.clone())])).unwrap_err().to_string();
+        assert!(e.contains("ca.pem") && e.contains("truncated or damaged: NUL bytes from byte 40 of 100"), "{e}");
+        // Cut short over an older archive: NUL padding, then the old archive's bytes.
+        let mut over_old = whole[..1024 + 512 + 700].to_vec();
+        over_old.resize(1024 + 512 + 1024, 0);
+        over_old.extend(write(&[file(".ssh/id_rsa.pub", 0o644, b"ssh-rsa AAAA old\n".to_vec())]));
+        over_old.resize(1 << 16, 0);
+        let e = parse(&over_old).unwrap_err().to_string();
+        assert!(e.contains("authorized_keys") && e.contains("is truncated or damaged: NUL bytes from byte 700 of 3000"), "{e}");
+        // Other files may be binary.
+        assert!(parse(&write(&[file("bin/tool", 0o755, nul_inside)])).is_ok());
         // The magic file, then bytes that are no tar header.
         let mut junk = write(&[file(MAGIC, 0, MAGIC)]);
         junk.truncate(1024);
