@@ -139,6 +139,9 @@ impl Machine {
             "-o", "UserKnownHostsFile=/dev/null",
             "-o", "LogLevel=ERROR",
             "-o", "ConnectTimeout=10",
+            // As docker-machine does: a machine that died or rebooted under a session ends it in
+            // about 3 minutes instead of never.
+            "-o", "ServerAliveInterval=60",
             "-p", &p.ssh.to_string(),
             "docker@127.0.0.1",
         ]);

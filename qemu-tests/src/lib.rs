@@ -59,31 +59,47 @@ pub fn text(o: &Output) -> String {
 
 /// Run a command with optional stdin and a timeout; Err carries its output.
 pub fn run(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Duration) -> Result<String, String> {
-    use std::io::Write;
+    use std::io::{Read, Write};
+    use std::os::unix::process::CommandExt;
     let desc = format!("{cmd:?}");
+    // Its own process group, so a timeout kills what it started too: `ferry ssh` left an ssh client
+    // behind whose guest had rebooted, and that client held the output pipe open for good.
+    cmd.process_group(0);
     cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| format!("{desc}: {e}"))?;
     if let (Some(data), Some(mut si)) = (stdin, child.stdin.take()) {
         let _ = si.write_all(data);
     }
+    // Drained while the command runs, so a chatty one never blocks on a full pipe.
+    fn drain<R: Read + Send + 'static>(r: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let (out, err) = (drain(child.stdout.take()), drain(child.stderr.take()));
     let end = Instant::now() + timeout;
-    loop {
+    let status = loop {
         match child.try_wait() {
-            Ok(Some(_)) => break,
+            Ok(Some(st)) => break Some(st),
             Ok(None) if Instant::now() > end => {
+                sigkill(-(child.id() as i32));
                 let _ = child.kill();
-                let o = child.wait_with_output().map_err(|e| e.to_string())?;
-                return Err(format!("{desc}: timed out after {}s; output: {}", timeout.as_secs(), text(&o)));
+                let _ = child.wait();
+                break None;
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(50)),
             Err(e) => return Err(format!("{desc}: {e}")),
         }
-    }
-    let o = child.wait_with_output().map_err(|e| e.to_string())?;
-    if o.status.success() {
-        Ok(text(&o))
-    } else {
-        Err(format!("{desc} failed ({}): {}", o.status, text(&o).trim()))
+    };
+    let o = Output { status: status.unwrap_or_default(), stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() };
+    match status {
+        None => Err(format!("{desc}: timed out after {}s; output: {}", timeout.as_secs(), text(&o))),
+        Some(st) if st.success() => Ok(text(&o)),
+        Some(st) => Err(format!("{desc} failed ({st}): {}", text(&o).trim())),
     }
 }
 
@@ -169,14 +185,19 @@ impl Drop for KillGuard {
     }
 }
 
-/// SIGKILL the QEMU whose pid file this is (a power cut, as far as the guest can tell).
-pub fn kill_qemu(pidfile: &Path) {
+/// SIGKILL a process (or, for a negative pid, a process group) this test started.
+fn sigkill(pid: i32) {
     extern "C" {
         fn kill(pid: i32, sig: i32) -> i32;
     }
+    // SAFETY: kill(2) has no memory effects; the pid is one this test started.
+    unsafe { kill(pid, 9) };
+}
+
+/// SIGKILL the QEMU whose pid file this is (a power cut, as far as the guest can tell).
+pub fn kill_qemu(pidfile: &Path) {
     if let Some(pid) = std::fs::read_to_string(pidfile).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
-        // SAFETY: kill(2) on a process this test started.
-        unsafe { kill(pid, 9) };
+        sigkill(pid);
         let end = Instant::now() + Duration::from_secs(10);
         while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < end {
             std::thread::sleep(Duration::from_millis(50));
@@ -256,4 +277,20 @@ pub fn edit_tar_header(tar: &mut [u8], n: usize, edit: impl FnOnce(&mut [u8])) {
 pub fn sha256_file(p: &Path) -> Option<String> {
     let o = Command::new("sha256sum").arg(p).output().ok()?;
     o.status.success().then(|| String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap_or("").to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A timeout ends what the command started too: a grandchild holding the output pipe used to hang run().
+    #[test]
+    fn a_timeout_kills_the_command_and_what_it_started() {
+        let t = Instant::now();
+        let e = run(Command::new("sh").args(["-c", "echo started; sleep 300 & sleep 300"]), None, Duration::from_secs(1)).unwrap_err();
+        assert!(e.contains("timed out after 1s") && e.contains("started"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(30), "run() returned after {:?}", t.elapsed());
+        let big = run(Command::new("sh").args(["-c", "head -c 1000000 /dev/zero | tr '\\0' x"]), None, Duration::from_secs(60)).unwrap();
+        assert_eq!(big.len(), 1_000_000);
+    }
 }
