@@ -4,8 +4,8 @@
 //!
 //! Two lanes run side by side, each with one VM at a time: lane A keeps one machine ("rel", with a data
 //! disk) through the supervision, shutdown and write-load cases; lane B boots fresh machines for the
-//! first-boot power cuts and the hostile inputs (disks, command lines, userdata, profiles), and attacks
-//! the front door of its last one (which runs from RAM).
+//! hostile inputs (disks, command lines, userdata, profiles) and attacks the front door of its last one
+//! (which runs from RAM). Then both lanes take first-boot power cuts from one shared list.
 //!
 //! Counts: the CI subset by default; `FERRY_RELIABILITY=full` runs the full counts (50 first-boot
 //! cuts, 20 cuts under write load, 100 restarts, every hostile boot). `FERRY_CUTS`, `FERRY_LOAD_CUTS`,
@@ -108,20 +108,22 @@ fn main() {
     let started = Instant::now();
     let o: Shared = Arc::new(Mutex::new(Out { r: Report::default(), rows: Vec::new() }));
 
+    let cuts = Arc::new(powercut::FirstBootCuts::new(counts.cuts, seed));
     let lane_b = {
-        let (o, home) = (o.clone(), home.clone());
-        let (cuts, all_hostile) = (counts.cuts, counts.all_hostile);
+        let (o, home, cuts) = (o.clone(), home.clone(), cuts.clone());
+        let all_hostile = counts.all_hostile;
         std::thread::spawn(move || {
-            let mut rng = Rng::new(seed ^ 0x9E37_79B9_7F4A_7C15);
-            powercut::first_boot(&o, &home, cuts, &mut rng);
             hostile::all(&o, &home, all_hostile);
             profiles::all(&o, &home, |env| frontdoor::attacks(&o, &home, profiles::NAME, env));
+            cuts.work(&o, &home);
         })
     };
     lane_a(&o, &home, &counts, &mut Rng::new(seed));
+    cuts.work(&o, &home);
     if lane_b.join().is_err() {
         add(&o, HOSTILE, "lane B finished", Err("lane B panicked".into()));
     }
+    cuts.report(&o);
 
     let mut g = o.lock().unwrap_or_else(|p| p.into_inner());
     println!("\nReliability table ({} s, FERRY_SEED={seed})\n\n| section | case | result | measured |\n|---|---|---|---|", started.elapsed().as_secs());

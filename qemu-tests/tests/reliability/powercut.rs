@@ -17,40 +17,68 @@ fn last_phase(c: &str) -> String {
     c.lines().rev().find(|l| l.starts_with("ferry")).map(|l| l.trim().chars().take(70).collect()).unwrap_or_else(|| "kernel (no init line yet)".into())
 }
 
-pub fn first_boot(o: &Shared, home: &Path, n: usize, rng: &mut Rng) {
-    let mut survived = 0;
-    for i in 0..n {
-        let name = format!("cut{i}");
-        let at = rng.range(FIRST_BOOT_WINDOW.0, FIRST_BOOT_WINDOW.1);
-        let res = (|| {
-            let m = machine(home, &name)?;
-            m.create(Some(4 << 30)).map_err(|e| e.to_string())?;
-            let l = m.launch(&out_dir(), &format!("console=ttyS0,115200 quiet panic=-1 ferry.hostname={name}")).map_err(|e| e.to_string())?;
-            l.start().map_err(|e| e.to_string())?;
-            let t = Instant::now();
-            while t.elapsed().as_secs_f64() < at && !console(&m).contains("engine ready") {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            kill_qemu(&m.path("qemu.pid"));
-            let c = console(&m);
-            let cut = format!("cut at {:.1}s, {}", t.elapsed().as_secs_f64(), if c.contains("engine ready") { "after engine ready".into() } else { format!("during {:?}", last_phase(&c)) });
-            up(home, &name).map_err(|e| format!("{cut}; next boot: {e}"))?;
-            let key = std::fs::read_to_string(m.path("id_ed25519.pub")).map_err(|e| e.to_string())?;
-            let got = ssh(home, &name, "grep ' /mnt/vda1 ext4 ' /proc/mounts && sudo e2label /dev/vda1 && cat /home/docker/.ssh/authorized_keys").map_err(|e| format!("{cut}; {e}"))?;
-            if !got.contains("boot2docker-data") || !got.contains(key.trim()) {
-                return Err(format!("{cut}; after the next boot: {}", got.trim()));
-            }
-            acpi_stop(home, &m).map_err(|e| format!("{cut}; stop: {e}"))?;
-            let fsck = e2fsck(&m).map_err(|e| format!("{cut}; {e}"))?;
-            Ok(format!("{cut}; next boot: data mounted, keys in place; e2fsck: {fsck}"))
-        })();
-        if add(o, CUT_FIRST, &format!("run {}/{n}", i + 1), res) {
-            survived += 1;
-        }
-        kill_qemu(&home.join("machines").join(&name).join("qemu.pid"));
-        let _ = std::fs::remove_file(home.join("machines").join(&name).join("disk.img"));
+/// The first-boot cuts, shared by both lanes: each lane takes the next cut when its own cases are done,
+/// so the long full run ends when the work does, not when one lane's list does. Cut i's instant comes
+/// from its own generator (seed and i), so a seed replays the same instants whichever lane takes it.
+pub struct FirstBootCuts {
+    n: usize,
+    seed: u64,
+    next: AtomicUsize,
+    survived: AtomicUsize,
+}
+
+impl FirstBootCuts {
+    pub fn new(n: usize, seed: u64) -> FirstBootCuts {
+        FirstBootCuts { n, seed, next: AtomicUsize::new(0), survived: AtomicUsize::new(0) }
     }
-    add(o, CUT_FIRST, "survived", if survived == n { Ok(format!("{survived}/{n}")) } else { Err(format!("{survived}/{n}")) });
+
+    /// Take and run cuts until none are left.
+    pub fn work(&self, o: &Shared, home: &Path) {
+        loop {
+            let i = self.next.fetch_add(1, Ordering::SeqCst);
+            if i >= self.n {
+                return;
+            }
+            let mut rng = Rng::new(self.seed ^ 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(i as u64 + 1));
+            let at = rng.range(FIRST_BOOT_WINDOW.0, FIRST_BOOT_WINDOW.1);
+            let name = format!("cut{i}");
+            if add(o, CUT_FIRST, &format!("run {}/{}", i + 1, self.n), first_boot(home, &name, at)) {
+                self.survived.fetch_add(1, Ordering::SeqCst);
+            }
+            kill_qemu(&home.join("machines").join(&name).join("qemu.pid"));
+            let _ = std::fs::remove_file(home.join("machines").join(&name).join("disk.img"));
+        }
+    }
+
+    /// The summary row, once both lanes are done.
+    pub fn report(&self, o: &Shared) {
+        let (survived, n) = (self.survived.load(Ordering::SeqCst), self.n);
+        add(o, CUT_FIRST, "survived", if survived == n { Ok(format!("{survived}/{n}")) } else { Err(format!("{survived}/{n}")) });
+    }
+}
+
+/// One cut: a fresh format-me disk, QEMU killed `at` seconds after it starts (or at engine ready).
+fn first_boot(home: &Path, name: &str, at: f64) -> Result<String, String> {
+    let m = machine(home, name)?;
+    m.create(Some(4 << 30)).map_err(|e| e.to_string())?;
+    let l = m.launch(&out_dir(), &format!("console=ttyS0,115200 quiet panic=-1 ferry.hostname={name}")).map_err(|e| e.to_string())?;
+    l.start().map_err(|e| e.to_string())?;
+    let t = Instant::now();
+    while t.elapsed().as_secs_f64() < at && !console(&m).contains("engine ready") {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kill_qemu(&m.path("qemu.pid"));
+    let c = console(&m);
+    let cut = format!("cut at {:.1}s, {}", t.elapsed().as_secs_f64(), if c.contains("engine ready") { "after engine ready".into() } else { format!("during {:?}", last_phase(&c)) });
+    up(home, name).map_err(|e| format!("{cut}; next boot: {e}"))?;
+    let key = std::fs::read_to_string(m.path("id_ed25519.pub")).map_err(|e| e.to_string())?;
+    let got = ssh(home, name, "grep ' /mnt/vda1 ext4 ' /proc/mounts && sudo e2label /dev/vda1 && cat /home/docker/.ssh/authorized_keys").map_err(|e| format!("{cut}; {e}"))?;
+    if !got.contains("boot2docker-data") || !got.contains(key.trim()) {
+        return Err(format!("{cut}; after the next boot: {}", got.trim()));
+    }
+    acpi_stop(home, &m).map_err(|e| format!("{cut}; stop: {e}"))?;
+    let fsck = e2fsck(&m).map_err(|e| format!("{cut}; {e}"))?;
+    Ok(format!("{cut}; next boot: data mounted, keys in place; e2fsck: {fsck}"))
 }
 
 /// The writer: file i holds a known line; written to a temporary name, fsynced, renamed, the directory
