@@ -6,11 +6,16 @@ use qemu_tests::*;
 use std::io::BufRead;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Engine ready comes about 60-80 s after QEMU starts under TCG; the cut lands anywhere before that.
-const FIRST_BOOT_WINDOW: (f64, f64) = (1.0, 75.0);
+/// The cut lands between 1 s after QEMU starts and the window's end: at first 75 s, then 1.15 times the
+/// last measured boot (the `ferry up` after a cut). Boots take 30-75 s under TCG, by host load; a fixed
+/// end put a third of one run's cuts after engine ready (cut there instead), a fixed shorter one would
+/// miss the slow boots' late phases. The margin covers the first boot's formatting.
+const FIRST_BOOT_START: f64 = 1.0;
+const FIRST_BOOT_END: f64 = 75.0;
+const BOOT_MARGIN: f64 = 1.15;
 
 /// The last boot phase the console shows (where the cut landed).
 fn last_phase(c: &str) -> String {
@@ -19,17 +24,19 @@ fn last_phase(c: &str) -> String {
 
 /// The first-boot cuts, shared by both lanes: each lane takes the next cut when its own cases are done,
 /// so the long full run ends when the work does, not when one lane's list does. Cut i's instant comes
-/// from its own generator (seed and i), so a seed replays the same instants whichever lane takes it.
+/// from its own generator (seed and i), so a seed replays the same point of the window whichever lane
+/// takes it (the window's end follows the measured boots).
 pub struct FirstBootCuts {
     n: usize,
     seed: u64,
     next: AtomicUsize,
     survived: AtomicUsize,
+    window_end: Mutex<f64>,
 }
 
 impl FirstBootCuts {
     pub fn new(n: usize, seed: u64) -> FirstBootCuts {
-        FirstBootCuts { n, seed, next: AtomicUsize::new(0), survived: AtomicUsize::new(0) }
+        FirstBootCuts { n, seed, next: AtomicUsize::new(0), survived: AtomicUsize::new(0), window_end: Mutex::new(FIRST_BOOT_END) }
     }
 
     /// Take and run cuts until none are left.
@@ -40,9 +47,14 @@ impl FirstBootCuts {
                 return;
             }
             let mut rng = Rng::new(self.seed ^ 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(i as u64 + 1));
-            let at = rng.range(FIRST_BOOT_WINDOW.0, FIRST_BOOT_WINDOW.1);
+            let end = *self.window_end.lock().unwrap_or_else(|p| p.into_inner());
+            let at = FIRST_BOOT_START + rng.range(0.0, 1.0) * (end - FIRST_BOOT_START);
             let name = format!("cut{i}");
-            if add(o, CUT_FIRST, &format!("run {}/{}", i + 1, self.n), first_boot(home, &name, at)) {
+            let (res, boot) = first_boot(home, &name, at);
+            if let Some(b) = boot {
+                *self.window_end.lock().unwrap_or_else(|p| p.into_inner()) = (b * BOOT_MARGIN).clamp(10.0, 150.0);
+            }
+            if add(o, CUT_FIRST, &format!("run {}/{} (window {FIRST_BOOT_START:.0}-{end:.0} s)", i + 1, self.n), res) {
                 self.survived.fetch_add(1, Ordering::SeqCst);
             }
             kill_qemu(&home.join("machines").join(&name).join("qemu.pid"));
@@ -58,7 +70,13 @@ impl FirstBootCuts {
 }
 
 /// One cut: a fresh format-me disk, QEMU killed `at` seconds after it starts (or at engine ready).
-fn first_boot(home: &Path, name: &str, at: f64) -> Result<String, String> {
+/// Returns the outcome and how long the next boot took to answer.
+fn first_boot(home: &Path, name: &str, at: f64) -> (Result<String, String>, Option<f64>) {
+    let mut boot = None;
+    (cut_and_check(home, name, at, &mut boot), boot)
+}
+
+fn cut_and_check(home: &Path, name: &str, at: f64, boot: &mut Option<f64>) -> Result<String, String> {
     let m = machine(home, name)?;
     m.create(Some(4 << 30)).map_err(|e| e.to_string())?;
     let l = m.launch(&out_dir(), &format!("console=ttyS0,115200 quiet panic=-1 ferry.hostname={name}")).map_err(|e| e.to_string())?;
@@ -70,7 +88,9 @@ fn first_boot(home: &Path, name: &str, at: f64) -> Result<String, String> {
     kill_qemu(&m.path("qemu.pid"));
     let c = console(&m);
     let cut = format!("cut at {:.1}s, {}", t.elapsed().as_secs_f64(), if c.contains("engine ready") { "after engine ready".into() } else { format!("during {:?}", last_phase(&c)) });
+    let t = Instant::now();
     up(home, name).map_err(|e| format!("{cut}; next boot: {e}"))?;
+    *boot = Some(t.elapsed().as_secs_f64());
     let key = std::fs::read_to_string(m.path("id_ed25519.pub")).map_err(|e| e.to_string())?;
     let got = ssh(home, name, "grep ' /mnt/vda1 ext4 ' /proc/mounts && sudo e2label /dev/vda1 && cat /home/docker/.ssh/authorized_keys").map_err(|e| format!("{cut}; {e}"))?;
     if !got.contains("boot2docker-data") || !got.contains(key.trim()) {
