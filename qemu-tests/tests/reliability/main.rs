@@ -118,7 +118,7 @@ fn main() {
             cuts.work(&o, &home);
         })
     };
-    lane_a(&o, &home, &counts, &mut Rng::new(seed));
+    lane_a(&o, &home, &counts, &cuts, &mut Rng::new(seed));
     cuts.work(&o, &home);
     if lane_b.join().is_err() {
         add(&o, HOSTILE, "lane B finished", Err("lane B panicked".into()));
@@ -139,7 +139,8 @@ fn main() {
 }
 
 /// Lane A: one machine with a data disk, kept across the cases that need a "next boot".
-fn lane_a(o: &Shared, home: &Path, counts: &Counts, rng: &mut Rng) {
+fn lane_a(o: &Shared, home: &Path, counts: &Counts, cuts: &powercut::FirstBootCuts, rng: &mut Rng) {
+    let t = Instant::now();
     let env = match up(home, "rel") {
         Ok(e) => e,
         Err(e) => {
@@ -147,6 +148,8 @@ fn lane_a(o: &Shared, home: &Path, counts: &Counts, rng: &mut Rng) {
             return;
         }
     };
+    // A first boot on a fresh disk, under the run's own load: the first cut's window ends there.
+    cuts.measured_boot(t.elapsed().as_secs_f64());
     supervision::kill_and_recover(o, home, &env, counts.restarts);
     if shutdown::poweroff_and_acpi(o, home, &env) {
         powercut::under_load(o, home, counts.load_cuts, rng);

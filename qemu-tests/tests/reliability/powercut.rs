@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The cut lands between 1 s after QEMU starts and the window's end: at first 75 s, then the last measured
-/// boot (the `ferry up` after a cut, which also launches QEMU and polls /_ping: about what the first
-/// boot's formatting adds). Boots take 30-75 s under TCG, by host load; a fixed end put a third of one
+/// The cut lands between 1 s after QEMU starts and the window's end: the last measured boot (lane A's
+/// first `ferry up`, then the one after each cut; it includes launching QEMU and polling /_ping), or 75 s
+/// before any. Boots take 30-75 s under TCG, by host load; a fixed end put a third of one
 /// run's cuts after engine ready (cut there instead), a fixed shorter one would miss slow boots' late
 /// phases. 1.15 times the measured boot still put 3 of 10 there.
 const FIRST_BOOT_START: f64 = 1.0;
@@ -52,7 +52,7 @@ impl FirstBootCuts {
             let name = format!("cut{i}");
             let (res, boot) = first_boot(home, &name, at);
             if let Some(b) = boot {
-                *self.window_end.lock().unwrap_or_else(|p| p.into_inner()) = b.clamp(10.0, 150.0);
+                self.measured_boot(b);
             }
             if add(o, CUT_FIRST, &format!("run {}/{} (window {FIRST_BOOT_START:.0}-{end:.0} s)", i + 1, self.n), res) {
                 self.survived.fetch_add(1, Ordering::SeqCst);
@@ -60,6 +60,11 @@ impl FirstBootCuts {
             kill_qemu(&home.join("machines").join(&name).join("qemu.pid"));
             let _ = std::fs::remove_file(home.join("machines").join(&name).join("disk.img"));
         }
+    }
+
+    /// A boot to a running engine took `secs` (`ferry up`): the next cut's window ends there.
+    pub fn measured_boot(&self, secs: f64) {
+        *self.window_end.lock().unwrap_or_else(|p| p.into_inner()) = secs.clamp(10.0, 150.0);
     }
 
     /// The summary row, once both lanes are done.
