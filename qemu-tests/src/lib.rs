@@ -86,8 +86,8 @@ pub fn run(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Duration) -> Result
         match child.try_wait() {
             Ok(Some(st)) => break Some(st),
             Ok(None) if Instant::now() > end => {
+                // The group is the child's own pid (process_group(0)), so this ends the child too.
                 sigkill(-(child.id() as i32));
-                let _ = child.kill();
                 let _ = child.wait();
                 break None;
             }

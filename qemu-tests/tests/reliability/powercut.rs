@@ -50,10 +50,7 @@ impl FirstBootCuts {
             let end = *self.window_end.lock().unwrap_or_else(|p| p.into_inner());
             let at = FIRST_BOOT_START + rng.range(0.0, 1.0) * (end - FIRST_BOOT_START);
             let name = format!("cut{i}");
-            let (res, boot) = first_boot(home, &name, at);
-            if let Some(b) = boot {
-                self.measured_boot(b);
-            }
+            let res = self.cut(home, &name, at);
             if add(o, CUT_FIRST, &format!("run {}/{} (window {FIRST_BOOT_START:.0}-{end:.0} s)", i + 1, self.n), res) {
                 self.survived.fetch_add(1, Ordering::SeqCst);
             }
@@ -72,38 +69,33 @@ impl FirstBootCuts {
         let (survived, n) = (self.survived.load(Ordering::SeqCst), self.n);
         add(o, CUT_FIRST, "survived", if survived == n { Ok(format!("{survived}/{n}")) } else { Err(format!("{survived}/{n}")) });
     }
-}
 
-/// One cut: a fresh format-me disk, QEMU killed `at` seconds after it starts (or at engine ready).
-/// Returns the outcome and how long the next boot took to answer.
-fn first_boot(home: &Path, name: &str, at: f64) -> (Result<String, String>, Option<f64>) {
-    let mut boot = None;
-    (cut_and_check(home, name, at, &mut boot), boot)
-}
-
-fn cut_and_check(home: &Path, name: &str, at: f64, boot: &mut Option<f64>) -> Result<String, String> {
-    let m = machine(home, name)?;
-    m.create(Some(4 << 30)).map_err(|e| e.to_string())?;
-    let l = m.launch(&out_dir(), &format!("console=ttyS0,115200 quiet panic=-1 ferry.hostname={name}")).map_err(|e| e.to_string())?;
-    l.start().map_err(|e| e.to_string())?;
-    let t = Instant::now();
-    while t.elapsed().as_secs_f64() < at && !console(&m).contains("engine ready") {
-        std::thread::sleep(Duration::from_millis(50));
+    /// One cut: a fresh format-me disk, QEMU killed `at` seconds after it starts (or at engine ready);
+    /// the next boot's length sets the next cut's window.
+    fn cut(&self, home: &Path, name: &str, at: f64) -> Result<String, String> {
+        let m = machine(home, name)?;
+        m.create(Some(4 << 30)).map_err(|e| e.to_string())?;
+        let l = m.launch(&out_dir(), &format!("console=ttyS0,115200 quiet panic=-1 ferry.hostname={name}")).map_err(|e| e.to_string())?;
+        l.start().map_err(|e| e.to_string())?;
+        let t = Instant::now();
+        while t.elapsed().as_secs_f64() < at && !console(&m).contains("engine ready") {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        kill_qemu(&m.path("qemu.pid"));
+        let c = console(&m);
+        let cut = format!("cut at {:.1}s, {}", t.elapsed().as_secs_f64(), if c.contains("engine ready") { "after engine ready".into() } else { format!("during {:?}", last_phase(&c)) });
+        let t = Instant::now();
+        up(home, name).map_err(|e| format!("{cut}; next boot: {e}"))?;
+        self.measured_boot(t.elapsed().as_secs_f64());
+        let key = std::fs::read_to_string(m.path("id_ed25519.pub")).map_err(|e| e.to_string())?;
+        let got = ssh(home, name, "grep ' /mnt/vda1 ext4 ' /proc/mounts && sudo e2label /dev/vda1 && cat /home/docker/.ssh/authorized_keys").map_err(|e| format!("{cut}; {e}"))?;
+        if !got.contains("boot2docker-data") || !got.contains(key.trim()) {
+            return Err(format!("{cut}; after the next boot: {}", got.trim()));
+        }
+        acpi_stop(home, &m).map_err(|e| format!("{cut}; stop: {e}"))?;
+        let fsck = e2fsck(&m).map_err(|e| format!("{cut}; {e}"))?;
+        Ok(format!("{cut}; next boot: data mounted, keys in place; e2fsck: {fsck}"))
     }
-    kill_qemu(&m.path("qemu.pid"));
-    let c = console(&m);
-    let cut = format!("cut at {:.1}s, {}", t.elapsed().as_secs_f64(), if c.contains("engine ready") { "after engine ready".into() } else { format!("during {:?}", last_phase(&c)) });
-    let t = Instant::now();
-    up(home, name).map_err(|e| format!("{cut}; next boot: {e}"))?;
-    *boot = Some(t.elapsed().as_secs_f64());
-    let key = std::fs::read_to_string(m.path("id_ed25519.pub")).map_err(|e| e.to_string())?;
-    let got = ssh(home, name, "grep ' /mnt/vda1 ext4 ' /proc/mounts && sudo e2label /dev/vda1 && cat /home/docker/.ssh/authorized_keys").map_err(|e| format!("{cut}; {e}"))?;
-    if !got.contains("boot2docker-data") || !got.contains(key.trim()) {
-        return Err(format!("{cut}; after the next boot: {}", got.trim()));
-    }
-    acpi_stop(home, &m).map_err(|e| format!("{cut}; stop: {e}"))?;
-    let fsck = e2fsck(&m).map_err(|e| format!("{cut}; {e}"))?;
-    Ok(format!("{cut}; next boot: data mounted, keys in place; e2fsck: {fsck}"))
 }
 
 /// The writer: file i holds a known line; written to a temporary name, fsynced, renamed, the directory
