@@ -1,7 +1,9 @@
 //! Certificate generation (rcgen): a CA, a server certificate with the machine's names and addresses,
 //! and a client certificate. Used at boot by the engine and on the host by `ferry up`.
 use crate::error::{Context, Error, Result};
-use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+};
 use std::net::IpAddr;
 use time::{Duration, OffsetDateTime};
 

@@ -18,7 +18,11 @@ const CONTAINERD_PID_FILE: &str = "/var/run/docker/containerd/containerd.pid";
 
 /// Debian installs dockerd in /usr/sbin; other layouts in /usr/bin.
 pub fn binary() -> PathBuf {
-    ["/usr/sbin/dockerd", "/usr/bin/dockerd"].iter().map(PathBuf::from).find(|p| p.exists()).unwrap_or_else(|| PathBuf::from("/usr/sbin/dockerd"))
+    ["/usr/sbin/dockerd", "/usr/bin/dockerd"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("/usr/sbin/dockerd"))
 }
 
 pub struct Dockerd {
@@ -42,7 +46,19 @@ pub struct Dockerd {
 
 impl Dockerd {
     pub fn new(binary: PathBuf, log_file: PathBuf, socket: PathBuf) -> Dockerd {
-        Dockerd { binary, log_file, socket, child: None, adopted: None, wanted: true, extra_args: vec![], env: vec![], failures: 0, started: None, stopped_at: None }
+        Dockerd {
+            binary,
+            log_file,
+            socket,
+            child: None,
+            adopted: None,
+            wanted: true,
+            extra_args: vec![],
+            env: vec![],
+            failures: 0,
+            started: None,
+            stopped_at: None,
+        }
     }
 
     pub fn pid(&self) -> Option<u32> {

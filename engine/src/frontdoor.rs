@@ -89,7 +89,9 @@ pub async fn serve(listener: TcpListener, config: SharedConfig, upstream: PathBu
             let unix = match UnixStream::connect(&upstream).await {
                 Ok(u) => u,
                 Err(e) => {
-                    complain_once_a_minute(&last_complaint, || log(&format!("front door: {peer}: dockerd socket {}: {e} (is docker stopped?)", upstream.display())));
+                    complain_once_a_minute(&last_complaint, || {
+                        log(&format!("front door: {peer}: dockerd socket {}: {e} (is docker stopped?)", upstream.display()))
+                    });
                     return;
                 }
             };
@@ -106,7 +108,11 @@ struct Progress<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Progress<S> {
-    fn poll_read(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -117,7 +123,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Progress<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Progress<S> {
-    fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, b: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        b: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
         std::pin::Pin::new(&mut self.inner).poll_write(cx, b)
     }
     fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
@@ -140,7 +150,12 @@ pub enum Refused {
 }
 
 /// The TLS handshake, given up when the client is silent for `idle` or it takes `total` in all.
-pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(acceptor: TlsAcceptor, tcp: S, idle: Duration, total: Duration) -> Result<tokio_rustls::server::TlsStream<impl AsyncRead + AsyncWrite + Unpin>, Refused> {
+pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    acceptor: TlsAcceptor,
+    tcp: S,
+    idle: Duration,
+    total: Duration,
+) -> Result<tokio_rustls::server::TlsStream<impl AsyncRead + AsyncWrite + Unpin>, Refused> {
     let start = tokio::time::Instant::now();
     let last_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut accept = std::pin::pin!(acceptor.accept(Progress { inner: tcp, start, last_ms: last_ms.clone() }));
@@ -191,7 +206,12 @@ impl Tally {
         let (s, l, t) = (self.silent.swap(0, Relaxed), self.too_long.swap(0, Relaxed), self.tls.swap(0, Relaxed));
         let example = self.example.lock().ok().and_then(|mut x| x.take()).map(|e| format!(" (e.g. {e})")).unwrap_or_default();
         (s + l + t > 0).then(|| {
-            format!("{} handshake(s) refused: {s} silent for {}s, {l} not done in {}s, {t} TLS error(s){example}", s + l + t, HANDSHAKE_IDLE.as_secs(), HANDSHAKE_TOTAL.as_secs())
+            format!(
+                "{} handshake(s) refused: {s} silent for {}s, {l} not done in {}s, {t} TLS error(s){example}",
+                s + l + t,
+                HANDSHAKE_IDLE.as_secs(),
+                HANDSHAKE_TOTAL.as_secs()
+            )
         })
     }
 }

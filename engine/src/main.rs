@@ -78,7 +78,8 @@ fn addresses() -> Vec<IpAddr> {
         let mut p = head;
         while !p.is_null() {
             let a = (*p).ifa_addr;
-            let ifname = if (*p).ifa_name.is_null() { String::new() } else { std::ffi::CStr::from_ptr((*p).ifa_name).to_string_lossy().to_string() };
+            let ifname =
+                if (*p).ifa_name.is_null() { String::new() } else { std::ffi::CStr::from_ptr((*p).ifa_name).to_string_lossy().to_string() };
             // Container bridges are dockerd's own, unreachable from outside; certificates need not follow them.
             let docker_made = ifname == "docker0" || ifname.starts_with("br-") || ifname.starts_with("veth");
             if !a.is_null() && !docker_made {
@@ -226,7 +227,10 @@ async fn start_and_wait(e: &mut Engine) -> Reply {
             return Reply { code: 0, text: "docker started".into() };
         }
         if d.pid().is_some() && d.exited_now() {
-            return Reply { code: 1, text: format!("dockerd exited during start; the end of {}:\n{}", d.log_file.display(), d.log_tail(6)) };
+            return Reply {
+                code: 1,
+                text: format!("dockerd exited during start; the end of {}:\n{}", d.log_file.display(), d.log_tail(6)),
+            };
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -311,7 +315,12 @@ async fn serve() -> i32 {
     let m = first_material(&p).await;
     log(&format!("TLS material: {}", m.source));
     let config = frontdoor::SharedConfig::new(RwLock::new(m.config));
-    let engine = Arc::new(Mutex::new(Engine { d: Dockerd::new(dockerd::binary(), log_path(), dockerd::SOCKET.into()), config: config.clone(), source: m.source, plain: None }));
+    let engine = Arc::new(Mutex::new(Engine {
+        d: Dockerd::new(dockerd::binary(), log_path(), dockerd::SOCKET.into()),
+        config: config.clone(),
+        source: m.source,
+        plain: None,
+    }));
     {
         let mut g = engine.lock().await;
         if let Some(pid) = g.d.adopt(Path::new(dockerd::PID_FILE)) {

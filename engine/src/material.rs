@@ -72,7 +72,14 @@ fn names_record(hostname: &str, ips: &[std::net::IpAddr]) -> String {
 
 /// Resolve the material, in order: the profile's CACERT/SERVERCERT/SERVERKEY (docker-machine), Ferry's
 /// provisioned tls/, the generated set (made on first use). `log` receives one line per problem or decision.
-pub fn resolve(paths: &Paths, profile_files: Option<&(PathBuf, PathBuf, PathBuf)>, hostname: &str, ips: &[std::net::IpAddr], floor: Option<i64>, log: &dyn Fn(&str)) -> Result<Material> {
+pub fn resolve(
+    paths: &Paths,
+    profile_files: Option<&(PathBuf, PathBuf, PathBuf)>,
+    hostname: &str,
+    ips: &[std::net::IpAddr],
+    floor: Option<i64>,
+    log: &dyn Fn(&str),
+) -> Result<Material> {
     if let Some((ca, cert, key)) = profile_files {
         match server_config(ca, cert, key) {
             Ok(c) => return Ok(Material { config: Arc::new(c), source: format!("profile ({})", cert.display()) }),

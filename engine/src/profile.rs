@@ -36,7 +36,15 @@ pub struct Profile {
 
 /// Flags that belong to the engine manager (it owns the sockets and TLS); dropped from EXTRA_ARGS.
 /// The bool says whether the flag takes a separate value when written without `=`.
-const OWNED_FLAGS: &[(&str, bool)] = &[("-H", true), ("--host", true), ("--tls", false), ("--tlsverify", false), ("--tlscacert", true), ("--tlscert", true), ("--tlskey", true)];
+const OWNED_FLAGS: &[(&str, bool)] = &[
+    ("-H", true),
+    ("--host", true),
+    ("--tls", false),
+    ("--tlsverify", false),
+    ("--tlscacert", true),
+    ("--tlscert", true),
+    ("--tlskey", true),
+];
 
 pub fn from_vars(vars: &[(String, String)]) -> Profile {
     let get = |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
@@ -140,7 +148,8 @@ pub async fn load(path: &Path, timeout: Duration) -> Result<Option<Profile>> {
         Ok(((env, env_over), (talk, _), Ok(status))) => {
             let stderr = String::from_utf8_lossy(&talk);
             // The last three lines, each cut to 200 characters, say why it failed.
-            let tail: Vec<String> = stderr.lines().rev().take(3).map(|l| l.chars().take(200).collect()).collect::<Vec<_>>().into_iter().rev().collect();
+            let tail: Vec<String> =
+                stderr.lines().rev().take(3).map(|l| l.chars().take(200).collect()).collect::<Vec<_>>().into_iter().rev().collect();
             if !status.success() {
                 return Err(Error::msg(format!("{} failed ({}): {}", path.display(), status, tail.join(" / "))));
             }
@@ -201,7 +210,10 @@ mod tests {
             ("HTTP_PROXY", "http://proxy:3128"),
             ("PWD", "/"),
         ]));
-        assert_eq!(p.args, ["--label", "provider=qemu", "--label", "env=test", "--insecure-registry", "10.0.0.1:5000", "--storage-driver", "overlay2"]);
+        assert_eq!(
+            p.args,
+            ["--label", "provider=qemu", "--label", "env=test", "--insecure-registry", "10.0.0.1:5000", "--storage-driver", "overlay2"]
+        );
         assert!(p.tls);
         assert_eq!(p.tls_files.as_ref().map(|t| t.0.clone()), Some(PathBuf::from("/var/lib/boot2docker/ca.pem")));
         assert_eq!(p.env, vars(&[("HTTP_PROXY", "http://proxy:3128")]));
@@ -246,13 +258,22 @@ mod tests {
         assert!(t.elapsed() < Duration::from_secs(5));
         assert_eq!(load(Path::new("/nonexistent/profile"), TIMEOUT).await.unwrap(), None);
         // 64 MiB of chatter, then a failure: only the end is kept, and it names the failure.
-        let e = load(&write("chatty", "head -c 67108864 /dev/zero | tr '\\0' x; echo; echo last words; exit 3\n"), TIMEOUT).await.unwrap_err().to_string();
+        let e = load(&write("chatty", "head -c 67108864 /dev/zero | tr '\\0' x; echo; echo last words; exit 3\n"), TIMEOUT)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("exit status: 3") && e.contains("last words") && e.len() < 1024, "{}", &e[..e.len().min(300)]);
         // An endless talker is killed at the timeout like an endless loop.
         let e = load(&write("endless", "yes endless\n"), Duration::from_secs(1)).await.unwrap_err().to_string();
         assert!(e.contains("did not finish within 1s"), "{e}");
         // Exporting more than a MiB is refused (one variable is capped at 128 KiB by the kernel; twelve are not).
-        let e = load(&write("huge", "v=$(head -c 100000 /dev/zero | tr '\\0' a); for i in 1 2 3 4 5 6 7 8 9 10 11 12; do eval \"V$i=$v\"; done\n"), TIMEOUT).await.unwrap_err().to_string();
+        let e = load(
+            &write("huge", "v=$(head -c 100000 /dev/zero | tr '\\0' a); for i in 1 2 3 4 5 6 7 8 9 10 11 12; do eval \"V$i=$v\"; done\n"),
+            TIMEOUT,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("exports more than 1024 KiB"), "{e}");
     }
 

@@ -81,8 +81,12 @@ fn client_config(ca: &str, cert: Option<(&str, &str)>, tls12_only: bool) -> rust
     for c in rustls_pemfile::certs(&mut ca.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
-    let versions: &[&rustls::SupportedProtocolVersion] = if tls12_only { &[&rustls::version::TLS12] } else { &[&rustls::version::TLS13, &rustls::version::TLS12] };
-    let b = rustls::ClientConfig::builder_with_provider(material::provider()).with_protocol_versions(versions).unwrap().with_root_certificates(roots);
+    let versions: &[&rustls::SupportedProtocolVersion] =
+        if tls12_only { &[&rustls::version::TLS12] } else { &[&rustls::version::TLS13, &rustls::version::TLS12] };
+    let b = rustls::ClientConfig::builder_with_provider(material::provider())
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots);
     match cert {
         Some((c, k)) => {
             let chain = rustls_pemfile::certs(&mut c.as_bytes()).map(|x| x.unwrap()).collect();
@@ -131,7 +135,9 @@ async fn half_close_with_bare_fin_reaches_upstream() {
 async fn upgraded_connection_carries_bytes_both_ways() {
     let f = fixture("upgrade", "upgrade").await;
     let mut s = connect(&f, good(&f)).await.unwrap();
-    s.write_all(b"POST /containers/x/attach?stream=1 HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n").await.unwrap();
+    s.write_all(b"POST /containers/x/attach?stream=1 HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n")
+        .await
+        .unwrap();
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -217,7 +223,9 @@ fn profile_files_first_and_generated_certs_follow_addresses() {
     assert!(m.source.starts_with("generated"));
     assert!(material::refresh_generated(&paths, "box", &[ip1], &quiet).unwrap().is_none());
     let lines = std::sync::Mutex::new(Vec::new());
-    assert!(material::refresh_generated(&paths, "box", &[ip1, ip2], &|l: &str| lines.lock().unwrap().push(l.to_string())).unwrap().is_some());
+    assert!(material::refresh_generated(&paths, "box", &[ip1, ip2], &|l: &str| lines.lock().unwrap().push(l.to_string()))
+        .unwrap()
+        .is_some());
     assert!(lines.lock().unwrap()[0].contains("192.168.56.101"));
     let pem = std::fs::read(dir.join("generated/server.pem")).unwrap();
     let (_, p) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
@@ -266,7 +274,8 @@ async fn handshake_limit_is_on_silence_not_length() {
     let (s_read, s_write) = tokio::io::split(relay_s);
     tokio::spawn(slow_pipe(c_read, s_write, Duration::from_millis(300)));
     tokio::spawn(slow_pipe(s_read, c_write, Duration::ZERO));
-    let client = tokio::spawn(tokio_rustls::TlsConnector::from(Arc::new(good(&f))).connect(ServerName::try_from("localhost").unwrap(), client_end));
+    let client =
+        tokio::spawn(tokio_rustls::TlsConnector::from(Arc::new(good(&f))).connect(ServerName::try_from("localhost").unwrap(), client_end));
     let t = Instant::now();
     let server = frontdoor::handshake(tokio_rustls::TlsAcceptor::from(cfg.clone()), server_end, idle, total).await;
     assert!(server.is_ok(), "a slow but steady client was cut off after {:?}", t.elapsed());
@@ -277,7 +286,10 @@ async fn handshake_limit_is_on_silence_not_length() {
     let (mut quiet, server_end) = tokio::io::duplex(1024);
     quiet.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
     let t = Instant::now();
-    assert!(matches!(frontdoor::handshake(tokio_rustls::TlsAcceptor::from(cfg.clone()), server_end, idle, total).await, Err(frontdoor::Refused::Silent)));
+    assert!(matches!(
+        frontdoor::handshake(tokio_rustls::TlsAcceptor::from(cfg.clone()), server_end, idle, total).await,
+        Err(frontdoor::Refused::Silent)
+    ));
     assert!(t.elapsed() >= idle && t.elapsed() < total, "silent client dropped after {:?}", t.elapsed());
 
     // One byte of a valid ClientHello every 200 ms: never silent for `idle`, dropped at `total`.
@@ -292,7 +304,10 @@ async fn handshake_limit_is_on_silence_not_length() {
         }
     });
     let t = Instant::now();
-    assert!(matches!(frontdoor::handshake(tokio_rustls::TlsAcceptor::from(cfg), server_end, idle, total).await, Err(frontdoor::Refused::TooLong)));
+    assert!(matches!(
+        frontdoor::handshake(tokio_rustls::TlsAcceptor::from(cfg), server_end, idle, total).await,
+        Err(frontdoor::Refused::TooLong)
+    ));
     assert!(t.elapsed() >= total && t.elapsed() < total + idle, "trickling client dropped after {:?}", t.elapsed());
 }
 

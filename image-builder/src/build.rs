@@ -41,7 +41,13 @@ pub fn source_date_epoch(repo: &Path) -> Result<i64> {
 impl Inputs {
     pub fn discover(out: PathBuf) -> Result<Inputs> {
         let repo = util::repo_root()?;
-        Ok(Inputs { epoch: source_date_epoch(&repo)?, init: util::sibling_binary("init")?, engine: util::sibling_binary("ferry-engine")?, repo, out })
+        Ok(Inputs {
+            epoch: source_date_epoch(&repo)?,
+            init: util::sibling_binary("init")?,
+            engine: util::sibling_binary("ferry-engine")?,
+            repo,
+            out,
+        })
     }
 
     /// Hash of everything the image is made from (except Debian's archive, which the manifest records).
@@ -112,11 +118,16 @@ struct OutLock {
 impl OutLock {
     fn take(out: &Path) -> Result<OutLock> {
         let path = out.join(".lock");
-        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).ctx(|| format!("open {}", path.display()))?;
+        let f =
+            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).ctx(|| format!("open {}", path.display()))?;
         use std::os::fd::AsRawFd;
         let lock = |how| {
             // SAFETY: flock on a descriptor this function owns.
-            if unsafe { libc::flock(f.as_raw_fd(), how) } == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+            if unsafe { libc::flock(f.as_raw_fd(), how) } == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
         };
         if let Err(e) = lock(libc::LOCK_EX | libc::LOCK_NB) {
             if e.kind() != std::io::ErrorKind::WouldBlock {
@@ -131,7 +142,11 @@ impl OutLock {
 
 fn kernel_version(tree: &Path) -> Result<String> {
     let dir = tree.join("usr/lib/modules");
-    let mut v: Vec<String> = std::fs::read_dir(&dir).ctx(|| format!("list {}", dir.display()))?.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+    let mut v: Vec<String> = std::fs::read_dir(&dir)
+        .ctx(|| format!("list {}", dir.display()))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
     v.sort();
     v.pop().ok_or_else(|| Error::msg(format!("no kernel modules in {}", dir.display())))
 }
@@ -146,13 +161,17 @@ fn cached_tree(name: &str, key: &[&str], dest: &Path, make: impl FnOnce(&Path) -
     let refresh = std::env::var_os("FERRY_REFRESH").is_some();
     if tarball.is_file() && !refresh {
         std::fs::create_dir_all(dest).ctx(|| format!("create {}", dest.display()))?;
-        util::run(Command::new("tar").args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf"]).arg(&tarball).arg("-C").arg(dest))?;
+        util::run(
+            Command::new("tar").args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf"]).arg(&tarball).arg("-C").arg(dest),
+        )?;
         return Ok(true);
     }
     make(dest)?;
     // Per process: two builders into different out/ directories may fill the same cache entry at once.
     let part = tarball.with_extension(format!("{}.part", std::process::id()));
-    util::run(Command::new("tar").args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-cf"]).arg(&part).arg("-C").arg(dest).arg("."))?;
+    util::run(
+        Command::new("tar").args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-cf"]).arg(&part).arg("-C").arg(dest).arg("."),
+    )?;
     std::fs::rename(&part, &tarball).ctx(|| format!("rename {}", part.display()))?;
     Ok(false)
 }
@@ -192,7 +211,9 @@ fn build_steps(inp: &Inputs) -> Result<serde_json::Value> {
 
     let s = Step::start("kernel: extract Debian's linux-image-amd64");
     let ktree = work.join("kernel");
-    let hit = cached_tree("kernel", &[debian::SUITE, "linux-image-amd64"], &ktree, |d| debian::extract(d, &["linux-image-amd64".into()], inp.epoch, "kernel"))?;
+    let hit = cached_tree("kernel", &[debian::SUITE, "linux-image-amd64"], &ktree, |d| {
+        debian::extract(d, &["linux-image-amd64".into()], inp.epoch, "kernel")
+    })?;
     let kver = kernel_version(&ktree)?;
     let config = std::fs::read_to_string(ktree.join(format!("boot/config-{kver}"))).ctx(|| "read the kernel config".into())?;
     let req = std::fs::read_to_string(repo.join("kernel-config/requirements.txt")).ctx(|| "read kernel-config/requirements.txt".into())?;
@@ -207,7 +228,8 @@ fn build_steps(inp: &Inputs) -> Result<serde_json::Value> {
     let root = work.join("rootfs");
     let packages = util::read_data_file(&repo.join("rootfs/packages.txt"))?;
     let customize = util::read_data_file(&repo.join("rootfs/customize.txt"))?;
-    let key: Vec<String> = [debian::SUITE.to_string()].into_iter().chain(packages.iter().cloned()).chain(customize.iter().cloned()).collect();
+    let key: Vec<String> =
+        [debian::SUITE.to_string()].into_iter().chain(packages.iter().cloned()).chain(customize.iter().cloned()).collect();
     let key: Vec<&str> = key.iter().map(String::as_str).collect();
     let hit = cached_tree("rootfs", &key, &root, |d| debian::rootfs(d, &packages, &customize, inp.epoch))?;
     let versions = debian::package_versions(&root)?;
@@ -233,7 +255,21 @@ fn build_steps(inp: &Inputs) -> Result<serde_json::Value> {
     let squash = work.join("rootfs.squashfs");
     let e = inp.epoch.to_string();
     // Times come from the flags; mksquashfs refuses SOURCE_DATE_EPOCH in its environment as well.
-    util::run(Command::new("mksquashfs").env_remove("SOURCE_DATE_EPOCH").arg(&root).arg(&squash).args(["-noappend", "-comp", "zstd", "-Xcompression-level", "15", "-b", "256K", "-no-progress", "-quiet", "-mkfs-time", &e, "-all-time", &e]))?;
+    util::run(Command::new("mksquashfs").env_remove("SOURCE_DATE_EPOCH").arg(&root).arg(&squash).args([
+        "-noappend",
+        "-comp",
+        "zstd",
+        "-Xcompression-level",
+        "15",
+        "-b",
+        "256K",
+        "-no-progress",
+        "-quiet",
+        "-mkfs-time",
+        &e,
+        "-all-time",
+        &e,
+    ]))?;
     let squash_bytes = std::fs::read(&squash).ctx(|| format!("read {}", squash.display()))?;
     s.done(&format!("{} MB", squash_bytes.len() >> 20));
 
@@ -253,11 +289,20 @@ fn build_steps(inp: &Inputs) -> Result<serde_json::Value> {
     let hit = cached_tree("boot", &key, &btree, |d| debian::extract(d, &boot_pkgs, inp.epoch, "boot loaders"))?;
     let boot_versions = debian::deb_versions(&btree, &boot_pkgs)?;
     let kpath = ktree.join(format!("boot/vmlinuz-{kver}"));
-    let vmlinuz = std::fs::read(&kpath).ctx(|| format!("read the kernel image {} (linux-image-amd64 extracted without it? FERRY_REFRESH=1 fetches it again)", kpath.display()))?;
+    let vmlinuz = std::fs::read(&kpath).ctx(|| {
+        format!("read the kernel image {} (linux-image-amd64 extracted without it? FERRY_REFRESH=1 fetches it again)", kpath.display())
+    })?;
     let version = env!("CARGO_PKG_VERSION");
     let files = media::boot_files(&media_dir, &btree, version)?;
     let m = media::assemble(&files, &vmlinuz, &initrd, version, inp.epoch)?;
-    s.done(&format!("ISO {} MB, raw {} MB, ESP {} MB {}{}", m.iso.len() >> 20, m.img.len() >> 20, m.esp_bytes >> 20, if m.fat32 { "FAT32" } else { "FAT16" }, if hit { ", boot loaders from cache" } else { "" }));
+    s.done(&format!(
+        "ISO {} MB, raw {} MB, ESP {} MB {}{}",
+        m.iso.len() >> 20,
+        m.img.len() >> 20,
+        m.esp_bytes >> 20,
+        if m.fat32 { "FAT32" } else { "FAT16" },
+        if hit { ", boot loaders from cache" } else { "" }
+    ));
 
     let s = Step::start("write out/");
     // Every artefact goes to a temp name first; nothing half-written is ever left under its real name.

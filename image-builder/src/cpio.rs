@@ -94,7 +94,7 @@ mod tests {
         assert_eq!(field(&a, 1), 0o040755);
         assert_eq!(field(&a, 5), 1_700_000_000);
         assert_eq!(field(&a, 11), 4); // "dev\0"
-        // Header 110 bytes + "dev\0" = 114 -> padded to 116.
+                                      // Header 110 bytes + "dev\0" = 114 -> padded to 116.
         let second = &a[116..];
         assert_eq!(&second[..6], b"070701");
         assert_eq!(field(second, 1), 0o020600);

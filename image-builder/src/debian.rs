@@ -71,6 +71,10 @@ pub fn deb_versions(tree: &Path, packages: &[String]) -> Result<Vec<(String, Str
 
 /// `package\tversion` lines of an installed tree.
 pub fn package_versions(root: &Path) -> Result<Vec<(String, String)>> {
-    let out = util::run(Command::new("dpkg-query").arg(format!("--admindir={}", root.join("var/lib/dpkg").display())).args(["-W", "-f", "${Package}\t${Version}\n"]))?;
+    let out = util::run(Command::new("dpkg-query").arg(format!("--admindir={}", root.join("var/lib/dpkg").display())).args([
+        "-W",
+        "-f",
+        "${Package}\t${Version}\n",
+    ]))?;
     Ok(out.lines().filter_map(|l| l.split_once('\t')).map(|(a, b)| (a.to_string(), b.to_string())).collect())
 }

@@ -73,7 +73,9 @@ pub struct Tls {
 
 impl Tls {
     pub fn from_dir(dir: &Path) -> Result<Tls> {
-        let read = |n: &str| std::fs::read(dir.join(n)).ctx(|| format!("--tls {}: read {n} (expected ca.pem, server.pem, server-key.pem)", dir.display()));
+        let read = |n: &str| {
+            std::fs::read(dir.join(n)).ctx(|| format!("--tls {}: read {n} (expected ca.pem, server.pem, server-key.pem)", dir.display()))
+        };
         Ok(Tls { ca: read("ca.pem")?, server: read("server.pem")?, server_key: read("server-key.pem")? })
     }
 }
@@ -114,7 +116,11 @@ pub fn vhd_geometry(bytes: u64) -> (u64, u16, u8, u8) {
 
 fn lcm(a: u64, b: u64) -> u64 {
     fn gcd(a: u64, b: u64) -> u64 {
-        if b == 0 { a } else { gcd(b, a % b) }
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
     }
     a / gcd(a, b) * b
 }

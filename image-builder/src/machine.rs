@@ -56,7 +56,8 @@ impl Machine {
     }
 
     pub fn ports(&self) -> Result<Ports> {
-        let t = std::fs::read_to_string(self.path("ports")).ctx(|| format!("machine {} does not exist (ferry up {})", self.name, self.name))?;
+        let t =
+            std::fs::read_to_string(self.path("ports")).ctx(|| format!("machine {} does not exist (ferry up {})", self.name, self.name))?;
         let v: Vec<u16> = t.split_whitespace().filter_map(|x| x.parse().ok()).collect();
         match v.as_slice() {
             [api, ssh] => Ok(Ports { api: *api, ssh: *ssh }),
@@ -73,7 +74,9 @@ impl Machine {
         std::fs::create_dir_all(&self.dir).ctx(|| format!("create {}", self.dir.display()))?;
         let key = self.path("id_ed25519");
         if !key.exists() {
-            util::run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", &format!("ferry-{}", self.name), "-f"]).arg(&key))?;
+            util::run(
+                Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", &format!("ferry-{}", self.name), "-f"]).arg(&key),
+            )?;
         }
         let now = time_now();
         let b = ferry_engine::certs::generate("localhost", &[], now).map_err(|e| Error::msg(format!("generate certificates: {e}")))?;
@@ -90,9 +93,19 @@ impl Machine {
         ]);
         std::fs::write(self.path("userdata.tar"), tar).ctx(|| "write userdata.tar".into())?;
         if let Some(bytes) = disk_bytes {
-            let tls = crate::disk::Tls { ca: b.ca_cert.clone().into(), server: b.server_cert.clone().into(), server_key: b.server_key.clone().into() };
+            let tls = crate::disk::Tls {
+                ca: b.ca_cert.clone().into(),
+                server: b.server_cert.clone().into(),
+                server_key: b.server_key.clone().into(),
+            };
             let ssh_pub = std::fs::read(self.path("id_ed25519.pub")).ctx(|| "read the machine's public key".into())?;
-            crate::disk::create(&crate::disk::Spec { path: self.disk(), bytes, format: crate::disk::Format::Raw, ssh_pub: Some(ssh_pub), tls: Some(tls) })?;
+            crate::disk::create(&crate::disk::Spec {
+                path: self.disk(),
+                bytes,
+                format: crate::disk::Format::Raw,
+                ssh_pub: Some(ssh_pub),
+                tls: Some(tls),
+            })?;
         }
         let (api, ssh) = (free_port()?, free_port()?);
         std::fs::write(self.path("ports"), format!("{api} {ssh}\n")).ctx(|| "write ports".into())
@@ -108,7 +121,11 @@ impl Machine {
     pub fn launch(&self, out: &std::path::Path, append: &str) -> Result<crate::qemu::Launch> {
         let p = self.ports()?;
         Ok(crate::qemu::Launch {
-            direct: Some(crate::qemu::DirectKernel { kernel: out.join("vmlinuz"), initrd: out.join("initrd.img"), append: append.to_string() }),
+            direct: Some(crate::qemu::DirectKernel {
+                kernel: out.join("vmlinuz"),
+                initrd: out.join("initrd.img"),
+                append: append.to_string(),
+            }),
             hardware: crate::qemu::Hardware::default(),
             memory_mb: std::env::var("FERRY_MEMORY").ok().and_then(|v| v.parse().ok()).unwrap_or(2048),
             cpus: 2,
@@ -135,14 +152,20 @@ impl Machine {
         let p = self.ports()?;
         let mut c = Command::new("ssh");
         c.args(["-i"]).arg(self.path("id_ed25519")).args([
-            "-o", "StrictHostKeyChecking=no",
-            "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "LogLevel=ERROR",
-            "-o", "ConnectTimeout=10",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "ConnectTimeout=10",
             // As docker-machine does: a machine that died or rebooted under a session ends it in
             // about 3 minutes instead of never.
-            "-o", "ServerAliveInterval=60",
-            "-p", &p.ssh.to_string(),
+            "-o",
+            "ServerAliveInterval=60",
+            "-p",
+            &p.ssh.to_string(),
             "docker@127.0.0.1",
         ]);
         Ok(c)
@@ -168,4 +191,3 @@ pub fn console_tail(m: &Machine, lines: usize) -> String {
     let v: Vec<&str> = t.lines().collect();
     v[v.len().saturating_sub(lines)..].join("\n")
 }
-

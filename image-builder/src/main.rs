@@ -105,7 +105,8 @@ fn disk_cmd(args: &[String]) -> Result<i32> {
     let (Some("create"), Some(path)) = (args.first().map(String::as_str), args.get(1).filter(|p| !p.starts_with('-'))) else {
         return Err(Error::msg(format!("usage: ferry disk create PATH --size S [--format F] [--ssh-key K.pub] [--tls DIR]\n{USAGE}")));
     };
-    let bytes = disk::parse_size(flag(args, "--size")?.ok_or_else(|| Error::msg("ferry disk create: --size is required (e.g. --size 20G)"))?)?;
+    let bytes =
+        disk::parse_size(flag(args, "--size")?.ok_or_else(|| Error::msg("ferry disk create: --size is required (e.g. --size 20G)"))?)?;
     let format = match flag(args, "--format")? {
         Some(f) => disk::Format::parse(f)?,
         None => disk::Format::Raw,

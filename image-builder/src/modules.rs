@@ -44,12 +44,8 @@ impl Catalog {
     pub fn select(&mut self, moddir: &Path, globs: &[String]) -> Result<BTreeSet<String>> {
         let mut want: Vec<String> = Vec::new();
         for g in globs {
-            let hits: Vec<String> = self
-                .by_name
-                .iter()
-                .filter(|(_, (p, _))| glob::matches(&format!("kernel/{g}"), p))
-                .map(|(n, _)| n.clone())
-                .collect();
+            let hits: Vec<String> =
+                self.by_name.iter().filter(|(_, (p, _))| glob::matches(&format!("kernel/{g}"), p)).map(|(n, _)| n.clone()).collect();
             if hits.is_empty() {
                 return Err(Error::msg(format!("kernel-config/modules.txt: {g:?} matches no module (built in? then remove the line)")));
             }

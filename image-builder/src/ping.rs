@@ -32,7 +32,8 @@ pub fn get(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>, path: &str, timeout
     let name = ServerName::try_from("localhost").map_err(|e| Error::msg(e.to_string()))?;
     let conn = rustls::ClientConnection::new(cfg, name).ctx(|| "TLS client".into())?;
     let mut s = rustls::StreamOwned::new(conn, tcp);
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes()).ctx(|| format!("send to {addr}"))?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+        .ctx(|| format!("send to {addr}"))?;
     let mut buf = Vec::new();
     match s.read_to_end(&mut buf) {
         Ok(_) => {}

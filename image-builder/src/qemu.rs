@@ -147,11 +147,16 @@ impl Launch {
         let secure = matches!(hw.firmware, Firmware::Uefi { secure_boot: true, .. });
         let mut a: Vec<String> = vec![
             // Secure Boot needs SMM, so that only the firmware can write its variable store.
-            "-machine".into(), if secure { format!("{},smm=on", hw.chipset) } else { hw.chipset.to_string() },
-            "-accel".into(), accel_arg(),
-            "-cpu".into(), if accel() == "kvm" { "host".into() } else { "max".into() },
-            "-m".into(), self.memory_mb.to_string(),
-            "-smp".into(), self.cpus.to_string(),
+            "-machine".into(),
+            if secure { format!("{},smm=on", hw.chipset) } else { hw.chipset.to_string() },
+            "-accel".into(),
+            accel_arg(),
+            "-cpu".into(),
+            if accel() == "kvm" { "host".into() } else { "max".into() },
+            "-m".into(),
+            self.memory_mb.to_string(),
+            "-smp".into(),
+            self.cpus.to_string(),
         ];
         if hw.no_defaults {
             a.push("-nodefaults".into());
@@ -162,23 +167,33 @@ impl Launch {
                 a.extend(["-global".into(), "driver=cfi.pflash01,property=secure,value=on".into()]);
             }
             a.extend([
-                "-drive".into(), format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()),
-                "-drive".into(), format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+                "-drive".into(),
+                format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()),
+                "-drive".into(),
+                format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
             ]);
         }
         if let Some(d) = &self.direct {
             a.extend([
-                "-kernel".into(), d.kernel.display().to_string(),
-                "-initrd".into(), d.initrd.display().to_string(),
-                "-append".into(), d.append.clone(),
+                "-kernel".into(),
+                d.kernel.display().to_string(),
+                "-initrd".into(),
+                d.initrd.display().to_string(),
+                "-append".into(),
+                d.append.clone(),
             ]);
         }
         a.extend([
-            "-display".into(), "none".into(),
-            "-vga".into(), "none".into(),
-            "-serial".into(), format!("file:{}", self.console_log.display()),
-            "-qmp".into(), format!("unix:{},server=on,wait=off", self.qmp.display()),
-            "-device".into(), "virtio-rng-pci".into(),
+            "-display".into(),
+            "none".into(),
+            "-vga".into(),
+            "none".into(),
+            "-serial".into(),
+            format!("file:{}", self.console_log.display()),
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", self.qmp.display()),
+            "-device".into(),
+            "virtio-rng-pci".into(),
         ]);
         let fwd: String = self.forwards.iter().map(|(h, g)| format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}")).collect();
         a.extend(["-netdev".into(), format!("user,id=net0{fwd}"), "-device".into(), format!("{},netdev=net0", hw.nic)]);
@@ -217,7 +232,9 @@ impl Launch {
                 let fd = f.as_raw_fd();
                 // SAFETY: only fcntl(2) between fork and exec, on a descriptor we own.
                 unsafe {
-                    cmd.pre_exec(move || if libc::fcntl(fd, libc::F_SETFD, 0) == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) });
+                    cmd.pre_exec(
+                        move || if libc::fcntl(fd, libc::F_SETFD, 0) == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) },
+                    );
                 }
                 Some(f)
             }
@@ -238,7 +255,12 @@ fn vm_slot() -> Result<Option<std::fs::File>> {
     loop {
         for i in 0..n {
             let path = dir.join(format!("slot{i}"));
-            let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).ctx(|| format!("open {}", path.display()))?;
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .ctx(|| format!("open {}", path.display()))?;
             use std::os::fd::AsRawFd;
             // SAFETY: flock(2) on a descriptor we own.
             if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {

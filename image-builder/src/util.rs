@@ -95,7 +95,12 @@ impl Step {
         Step { name, start: Instant::now() }
     }
     pub fn done(self, note: &str) {
-        eprintln!("    {} done in {:.1}s{}", self.name, self.start.elapsed().as_secs_f64(), if note.is_empty() { String::new() } else { format!(" ({note})") });
+        eprintln!(
+            "    {} done in {:.1}s{}",
+            self.name,
+            self.start.elapsed().as_secs_f64(),
+            if note.is_empty() { String::new() } else { format!(" ({note})") }
+        );
     }
 }
 

@@ -10,10 +10,7 @@ pub fn build_epoch() -> Option<i64> {
 
 /// Returns a note describing what was done.
 pub fn apply_floor() -> Result<String> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     let Some(floor) = build_epoch() else {
         return Ok(format!("no {BUILD_EPOCH_FILE}; clock left at {now}"));
     };

@@ -36,9 +36,7 @@ impl Cmdline {
                     if valid_hostname(v) {
                         c.hostname = Some(v.to_ascii_lowercase());
                     } else {
-                        c.warnings.push(format!(
-                            "ignoring ferry.hostname={v:?}: use 1-63 letters, digits or '-'"
-                        ));
+                        c.warnings.push(format!("ignoring ferry.hostname={v:?}: use 1-63 letters, digits or '-'"));
                     }
                 }
                 ("ferry.disk", Some(v)) => {
@@ -62,9 +60,7 @@ impl Cmdline {
                         c.warnings.push(format!("ignoring ferry.debug.pause={v:?}: use one of {:?}", crate::disk::PAUSE_POINTS));
                     }
                 }
-                (k, _) if k.starts_with("ferry.") => {
-                    c.warnings.push(format!("unknown kernel option {word:?}"))
-                }
+                (k, _) if k.starts_with("ferry.") => c.warnings.push(format!("unknown kernel option {word:?}")),
                 _ => {}
             }
         }

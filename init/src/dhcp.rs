@@ -137,7 +137,14 @@ fn send(s: &Sock, pkt: &[u8]) -> Result<()> {
         sa.sin_family = libc::AF_INET as u16;
         sa.sin_port = 67u16.to_be();
         sa.sin_addr.s_addr = u32::from(Ipv4Addr::BROADCAST).to_be();
-        let n = libc::sendto(s.0, pkt.as_ptr() as *const _, pkt.len(), 0, &sa as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_in>() as u32);
+        let n = libc::sendto(
+            s.0,
+            pkt.as_ptr() as *const _,
+            pkt.len(),
+            0,
+            &sa as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        );
         if n < 0 {
             return Err(Error::last_os("send DHCP packet"));
         }
@@ -198,7 +205,9 @@ mod tests {
         a[0] = 2;
         a[16..20].copy_from_slice(&[10, 0, 2, 15]);
         a.truncate(240);
-        a.extend_from_slice(&[53, 1, ACK, 1, 4, 255, 255, 255, 0, 3, 4, 10, 0, 2, 2, 6, 8, 10, 0, 2, 3, 1, 1, 1, 1, 51, 4, 0, 0, 0x0e, 0x10, 255]);
+        a.extend_from_slice(&[
+            53, 1, ACK, 1, 4, 255, 255, 255, 0, 3, 4, 10, 0, 2, 2, 6, 8, 10, 0, 2, 3, 1, 1, 1, 1, 51, 4, 0, 0, 0x0e, 0x10, 255,
+        ]);
         let (kind, l) = parse(&a, 7).unwrap();
         assert_eq!(kind, ACK);
         assert_eq!(l.ip, Ipv4Addr::new(10, 0, 2, 15));

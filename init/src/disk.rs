@@ -69,8 +69,20 @@ impl Layout {
             disk_guid: gpt::v4(guids[0]),
             sectors: self.sectors,
             partitions: vec![
-                Partition { type_guid: gpt::LINUX_FS, unique: gpt::v4(guids[1]), first_lba: self.data.0, last_lba: self.data.1, name: DATA_LABEL.into() },
-                Partition { type_guid: gpt::LINUX_SWAP, unique: gpt::v4(guids[2]), first_lba: self.swap.0, last_lba: self.swap.1, name: SWAP_LABEL.into() },
+                Partition {
+                    type_guid: gpt::LINUX_FS,
+                    unique: gpt::v4(guids[1]),
+                    first_lba: self.data.0,
+                    last_lba: self.data.1,
+                    name: DATA_LABEL.into(),
+                },
+                Partition {
+                    type_guid: gpt::LINUX_SWAP,
+                    unique: gpt::v4(guids[2]),
+                    first_lba: self.swap.0,
+                    last_lba: self.swap.1,
+                    name: SWAP_LABEL.into(),
+                },
             ],
         }
     }
@@ -329,7 +341,11 @@ pub fn grow_table(disk: &Disk) -> Result<bool> {
         Some(p) if p.type_guid == gpt::LINUX_FS && p.last_lba == last => p.last_lba = new_last,
         _ => return Err(Error::msg(format!("{dev}: grew, but partition 1 is not the last one; not resizing"))),
     }
-    log::line(&format!("disk: {dev} grew from {} to {} MiB; moving the backup GPT and growing partition 1", old.sectors * SECTOR / MIB, disk.bytes / MIB));
+    log::line(&format!(
+        "disk: {dev} grew from {} to {} MiB; moving the backup GPT and growing partition 1",
+        old.sectors * SECTOR / MIB,
+        disk.bytes / MIB
+    ));
     blockdev::write_at(&dev, t.backup_offset(), &t.backup()?)?;
     blockdev::write_at(&dev, SECTOR, &t.primary_header_and_entries()?)?;
     blockdev::write_at(&dev, 0, &t.protective_mbr(&head[..440]))?;
@@ -344,7 +360,8 @@ fn fs_smaller_than_device(dev: &str) -> bool {
     let blocks = le32(0x4) | (le32(0x150) << 32);
     let bsize = 1024u64 << le32(0x18).min(6);
     let name = dev.trim_start_matches("/dev/");
-    let sectors: u64 = std::fs::read_to_string(format!("/sys/class/block/{name}/size")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+    let sectors: u64 =
+        std::fs::read_to_string(format!("/sys/class/block/{name}/size")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
     sectors * SECTOR > blocks * bsize + 8 * MIB
 }
 
@@ -360,7 +377,14 @@ pub fn mount_data(dev: &str) -> Result<String> {
         run_tool(&["resize2fs", dev])?;
         log::line(&format!("disk: {dev} filesystem grown to its partition in {:.2}s", t.elapsed().as_secs_f64()));
     }
-    for d in ["var/lib/boot2docker/etc/docker", "var/lib/boot2docker/log", "var/lib/boot2docker/ssh", "var/lib/docker", "var/lib/containerd", "tmp"] {
+    for d in [
+        "var/lib/boot2docker/etc/docker",
+        "var/lib/boot2docker/log",
+        "var/lib/boot2docker/ssh",
+        "var/lib/docker",
+        "var/lib/containerd",
+        "tmp",
+    ] {
         sys::mkdir_p(format!("{mnt}/{d}"), 0o755)?;
     }
     empty_dir(&format!("{mnt}/tmp"));
@@ -407,10 +431,15 @@ pub fn swap_on(disk: &Disk) -> Option<String> {
 
 /// What the disk phase settled on.
 pub enum Outcome {
-    Persistent { mnt: String, fresh: bool },
+    Persistent {
+        mnt: String,
+        fresh: bool,
+    },
     /// No usable disk. `userdata` is a format-me disk's payload when formatting it failed, so its SSH
     /// keys still work for this boot.
-    Ram { userdata: Vec<userdata::Entry> },
+    Ram {
+        userdata: Vec<userdata::Entry>,
+    },
 }
 
 /// The whole disk phase. Errors are reported and end in RAM mode, never in a crash.

@@ -203,7 +203,13 @@ impl Table {
             let mut unique = [0u8; 16];
             unique.copy_from_slice(&e[16..32]);
             let units: Vec<u16> = e[56..128].chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|&u| u != 0).collect();
-            partitions.push(Partition { type_guid, unique, first_lba: u64_at(e, 32), last_lba: u64_at(e, 40), name: String::from_utf16_lossy(&units) });
+            partitions.push(Partition {
+                type_guid,
+                unique,
+                first_lba: u64_at(e, 32),
+                last_lba: u64_at(e, 40),
+                name: String::from_utf16_lossy(&units),
+            });
         }
         Ok(Table { disk_guid, sectors: u64_at(h, 32) + 1, partitions })
     }

@@ -34,8 +34,7 @@ impl ModDb {
     }
 
     pub fn load(dir: PathBuf) -> Result<ModDb> {
-        let dep = std::fs::read_to_string(dir.join("modules.dep"))
-            .ctx(|| format!("read {}", dir.join("modules.dep").display()))?;
+        let dep = std::fs::read_to_string(dir.join("modules.dep")).ctx(|| format!("read {}", dir.join("modules.dep").display()))?;
         let alias = std::fs::read_to_string(dir.join("modules.alias")).unwrap_or_default();
         let builtin = std::fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default();
         let mut db = ModDb::parse(&dep, &alias, &builtin);
@@ -82,10 +81,7 @@ impl ModDb {
         if self.builtin.contains(&n) && !self.deps.contains_key(&n) {
             return Ok(vec![]);
         }
-        let (path, deps) = self
-            .deps
-            .get(&n)
-            .ok_or_else(|| Error::msg(format!("module {module} not found in {}", self.dir.display())))?;
+        let (path, deps) = self.deps.get(&n).ok_or_else(|| Error::msg(format!("module {module} not found in {}", self.dir.display())))?;
         let mut order: Vec<String> = deps.iter().rev().cloned().collect();
         order.push(path.clone());
         Ok(order)
@@ -139,7 +135,8 @@ fn finit(path: &Path, params: &str) -> Result<bool> {
 mod tests {
     use super::*;
 
-    const DEP: &str = "kernel/net/bridge/br_netfilter.ko.xz: kernel/net/bridge/bridge.ko.xz kernel/net/802/stp.ko.xz kernel/net/llc/llc.ko.xz\n\
+    const DEP: &str =
+        "kernel/net/bridge/br_netfilter.ko.xz: kernel/net/bridge/bridge.ko.xz kernel/net/802/stp.ko.xz kernel/net/llc/llc.ko.xz\n\
 kernel/net/bridge/bridge.ko.xz: kernel/net/802/stp.ko.xz kernel/net/llc/llc.ko.xz\n\
 kernel/net/802/stp.ko.xz: kernel/net/llc/llc.ko.xz\n\
 kernel/net/llc/llc.ko.xz:\n\

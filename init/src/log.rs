@@ -36,11 +36,7 @@ impl Phase {
         line(&format!("[{}] done in {:.2}s", self.name, self.start.elapsed().as_secs_f64()));
     }
     pub fn failed(self, why: &dyn std::fmt::Display) {
-        line(&format!(
-            "[{}] FAILED after {:.2}s: {why}",
-            self.name,
-            self.start.elapsed().as_secs_f64()
-        ));
+        line(&format!("[{}] FAILED after {:.2}s: {why}", self.name, self.start.elapsed().as_secs_f64()));
     }
 }
 

@@ -67,7 +67,7 @@ pub fn attach(backing: &str, window: Option<(u64, u64)>, writable: bool) -> Resu
     info.offset = offset;
     info.sizelimit = size;
     info.flags = 4; // LO_FLAGS_AUTOCLEAR
-    // SAFETY: info is a valid loop_info64 for the duration of the call.
+                    // SAFETY: info is a valid loop_info64 for the duration of the call.
     if unsafe { libc::ioctl(lp.file.as_raw_fd(), LOOP_SET_STATUS64, &info as *const LoopInfo64) } != 0 {
         return Err(Error::last_os(format!("set offset {offset} / size {size} on {} for {backing}", lp.path)));
     }

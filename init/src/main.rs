@@ -14,13 +14,7 @@ fn main() {
         std::process::exit(2);
     }
     std::panic::set_hook(Box::new(|info| log::line(&format!("PANIC: {info}"))));
-    let why = match std::panic::catch_unwind(|| {
-        if rootswitch::in_initramfs() {
-            stage_a()
-        } else {
-            stage_b::run()
-        }
-    }) {
+    let why = match std::panic::catch_unwind(|| if rootswitch::in_initramfs() { stage_a() } else { stage_b::run() }) {
         Ok(msg) => msg,
         Err(_) => "init panicked".to_string(),
     };

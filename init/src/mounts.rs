@@ -20,7 +20,13 @@ pub const EARLY: &[MountSpec] = &[
 ];
 
 pub const STAGE_B: &[MountSpec] = &[
-    MountSpec { source: "devpts", target: "/dev/pts", fstype: "devpts", flags: libc::MS_NOSUID | libc::MS_NOEXEC, data: "gid=5,mode=0620,ptmxmode=0666" },
+    MountSpec {
+        source: "devpts",
+        target: "/dev/pts",
+        fstype: "devpts",
+        flags: libc::MS_NOSUID | libc::MS_NOEXEC,
+        data: "gid=5,mode=0620,ptmxmode=0666",
+    },
     MountSpec { source: "shm", target: "/dev/shm", fstype: "tmpfs", flags: libc::MS_NOSUID | libc::MS_NODEV, data: "mode=1777" },
     MountSpec { source: "mqueue", target: "/dev/mqueue", fstype: "mqueue", flags: NOSUID_NODEV_NOEXEC, data: "" },
     MountSpec { source: "run", target: "/run", fstype: "tmpfs", flags: libc::MS_NOSUID | libc::MS_NODEV, data: "mode=0755" },

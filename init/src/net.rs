@@ -102,8 +102,7 @@ pub fn ethernet_nics() -> Vec<String> {
 }
 
 pub fn mac(name: &str) -> Result<[u8; 6]> {
-    let s = std::fs::read_to_string(format!("/sys/class/net/{name}/address"))
-        .map_err(|e| Error::io(format!("read MAC of {name}"), e))?;
+    let s = std::fs::read_to_string(format!("/sys/class/net/{name}/address")).map_err(|e| Error::io(format!("read MAC of {name}"), e))?;
     let mut m = [0u8; 6];
     let parts: Vec<&str> = s.trim().split(':').collect();
     if parts.len() != 6 {

@@ -20,10 +20,8 @@ pub fn watch_thread() {
                 }
             }
         }
-        let mut fds: Vec<libc::pollfd> = devices
-            .values()
-            .map(|f| libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 })
-            .collect();
+        let mut fds: Vec<libc::pollfd> =
+            devices.values().map(|f| libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
         // SAFETY: fds points to a valid array of pollfd of the given length.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 2000) };
         if n <= 0 {
@@ -52,7 +50,8 @@ pub fn watch_thread() {
             }
         }
         // Devices that went away report POLLERR/POLLHUP/POLLNVAL; drop them so they can be reopened.
-        let bad: Vec<i32> = fds.iter().filter(|p| p.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0).map(|p| p.fd).collect();
+        let bad: Vec<i32> =
+            fds.iter().filter(|p| p.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0).map(|p| p.fd).collect();
         devices.retain(|_, f| !bad.contains(&f.as_raw_fd()));
     }
 }

@@ -27,17 +27,17 @@ pub struct ServiceSpec {
 /// generation never holds up the boot.
 pub const SSHD: ServiceSpec = ServiceSpec {
     name: "sshd",
-    argv: &["/bin/sh", "-c", "mkdir -p /run/sshd /var/lib/boot2docker/ssh/etc/ssh && ssh-keygen -A -f /var/lib/boot2docker/ssh && exec /usr/sbin/sshd -D -e"],
+    argv: &[
+        "/bin/sh",
+        "-c",
+        "mkdir -p /run/sshd /var/lib/boot2docker/ssh/etc/ssh && ssh-keygen -A -f /var/lib/boot2docker/ssh && exec /usr/sbin/sshd -D -e",
+    ],
     output: Output::File("/var/log/sshd.log"),
     user: None,
 };
 
-pub const ENGINE: ServiceSpec = ServiceSpec {
-    name: "engine",
-    argv: &["/usr/local/bin/ferry-engine", "serve"],
-    output: Output::Console,
-    user: None,
-};
+pub const ENGINE: ServiceSpec =
+    ServiceSpec { name: "engine", argv: &["/usr/local/bin/ferry-engine", "serve"], output: Output::Console, user: None };
 
 /// docker (1000), staff (50), with the docker group looked up at boot.
 pub fn console_login(tty: &'static str, docker_gid: u32) -> ServiceSpec {
@@ -75,7 +75,14 @@ pub fn backoff(failures: u32) -> Duration {
 
 impl Supervisor {
     pub fn add(&mut self, spec: ServiceSpec) {
-        self.services.push(Service { spec, pid: None, started: Instant::now(), failures: 0, next_start: Some(Instant::now()), enabled: true });
+        self.services.push(Service {
+            spec,
+            pid: None,
+            started: Instant::now(),
+            failures: 0,
+            next_start: Some(Instant::now()),
+            enabled: true,
+        });
     }
 
     /// Start every enabled service that is due.
@@ -119,7 +126,12 @@ impl Supervisor {
     /// Time until the next scheduled start, for the main loop's wait.
     pub fn next_due(&self) -> Option<Duration> {
         let now = Instant::now();
-        self.services.iter().filter(|s| s.enabled && s.pid.is_none()).filter_map(|s| s.next_start).map(|t| t.saturating_duration_since(now)).min()
+        self.services
+            .iter()
+            .filter(|s| s.enabled && s.pid.is_none())
+            .filter_map(|s| s.next_start)
+            .map(|t| t.saturating_duration_since(now))
+            .min()
     }
 
     /// Stop one service: SIGTERM, wait up to `timeout` (reaping), then SIGKILL. Returns whether it ran.

@@ -19,7 +19,12 @@ pub fn run() -> ! {
         mounts::mount_all(mounts::STAGE_B)?;
         let _ = std::fs::remove_file("/dev/ptmx");
         std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx").map_err(|e| Error::io("link /dev/ptmx", e))?;
-        for (l, t) in [("/dev/fd", "/proc/self/fd"), ("/dev/stdin", "/proc/self/fd/0"), ("/dev/stdout", "/proc/self/fd/1"), ("/dev/stderr", "/proc/self/fd/2")] {
+        for (l, t) in [
+            ("/dev/fd", "/proc/self/fd"),
+            ("/dev/stdin", "/proc/self/fd/0"),
+            ("/dev/stdout", "/proc/self/fd/1"),
+            ("/dev/stderr", "/proc/self/fd/2"),
+        ] {
             let _ = std::os::unix::fs::symlink(t, l);
         }
         sys::mkdir_p("/var/log", 0o755)

@@ -34,11 +34,7 @@ pub fn umount(target: &str, flags: libc::c_int) -> Result<()> {
 pub fn mkdir_p(path: impl AsRef<Path>, mode: u32) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     let p = path.as_ref();
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(mode)
-        .create(p)
-        .map_err(|e| Error::io(format!("create directory {}", p.display()), e))
+    std::fs::DirBuilder::new().recursive(true).mode(mode).create(p).map_err(|e| Error::io(format!("create directory {}", p.display()), e))
 }
 
 pub fn chown(path: &str, uid: u32, gid: u32) -> Result<()> {
@@ -60,9 +56,7 @@ pub fn set_hostname(name: &str) -> Result<()> {
 
 /// Is something mounted exactly at `target`?
 pub fn is_mountpoint(target: &str) -> bool {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|t| t.lines().any(|l| l.split(' ').nth(4) == Some(target)))
-        .unwrap_or(false)
+    std::fs::read_to_string("/proc/self/mountinfo").map(|t| t.lines().any(|l| l.split(' ').nth(4) == Some(target))).unwrap_or(false)
 }
 
 /// Write a file atomically (temp + rename) so a power cut never leaves half a file.

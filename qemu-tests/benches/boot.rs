@@ -33,7 +33,26 @@ fn main() {
     std::fs::write(&tiny, w.finish()).unwrap();
     let t = Instant::now();
     let st = Command::new("qemu-system-x86_64")
-        .args(["-machine", "q35", "-accel", &qemu::accel_arg(), "-cpu", "max", "-m", "2048", "-smp", "2", "-display", "none", "-vga", "none", "-no-reboot", "-serial", "null", "-kernel"])
+        .args([
+            "-machine",
+            "q35",
+            "-accel",
+            &qemu::accel_arg(),
+            "-cpu",
+            "max",
+            "-m",
+            "2048",
+            "-smp",
+            "2",
+            "-display",
+            "none",
+            "-vga",
+            "none",
+            "-no-reboot",
+            "-serial",
+            "null",
+            "-kernel",
+        ])
         .arg(&vmlinuz)
         .arg("-initrd")
         .arg(&tiny)
@@ -60,8 +79,10 @@ fn main() {
 
     // 3. Idle memory after the engine settles.
     std::thread::sleep(Duration::from_secs(20));
-    let meminfo = retry(Duration::from_secs(60), || run(m.ssh_command().unwrap().arg("cat /proc/meminfo"), None, Duration::from_secs(60))).unwrap_or_default();
-    let kb = |k: &str| meminfo.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()).unwrap_or(0);
+    let meminfo = retry(Duration::from_secs(60), || run(m.ssh_command().unwrap().arg("cat /proc/meminfo"), None, Duration::from_secs(60)))
+        .unwrap_or_default();
+    let kb =
+        |k: &str| meminfo.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()).unwrap_or(0);
     let used_mib = (kb("MemTotal:").saturating_sub(kb("MemAvailable:"))) / 1024;
     let _ = qemu::qmp(&m.path("qmp.sock"), "quit");
     qemu::wait_exit(&m.path("qemu.pid"), Duration::from_secs(30));

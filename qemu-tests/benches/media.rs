@@ -11,7 +11,12 @@ use std::time::Instant;
 
 fn xz_size(input: &[u8]) -> u64 {
     use std::io::Write;
-    let mut c = Command::new("xz").args(["-6", "-T2", "-c"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("xz (apt-get install xz-utils)");
+    let mut c = Command::new("xz")
+        .args(["-6", "-T2", "-c"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("xz (apt-get install xz-utils)");
     let mut stdin = c.stdin.take().expect("xz stdin");
     let data = input.to_vec();
     let writer = std::thread::spawn(move || stdin.write_all(&data));
@@ -72,7 +77,13 @@ fn main() {
 
     // Build time from cached inputs, into an empty directory.
     let t = Instant::now();
-    let st = Command::new(ferry_bin()).arg("build").env("FERRY_OUT", work.join("out")).stdout(Stdio::null()).stderr(Stdio::null()).status().expect("ferry build");
+    let st = Command::new(ferry_bin())
+        .arg("build")
+        .env("FERRY_OUT", work.join("out"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("ferry build");
     let build = t.elapsed();
     assert!(st.success(), "ferry build failed");
     let _ = std::fs::remove_dir_all(&work);

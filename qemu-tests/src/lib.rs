@@ -48,7 +48,12 @@ impl Report {
     }
 
     pub fn finish(self, suite: &str) -> ! {
-        println!("\n{suite}: {} passed, {} failed{}", self.passed, self.failed.len(), if self.failed.is_empty() { String::new() } else { format!(" ({})", self.failed.join(", ")) });
+        println!(
+            "\n{suite}: {} passed, {} failed{}",
+            self.passed,
+            self.failed.len(),
+            if self.failed.is_empty() { String::new() } else { format!(" ({})", self.failed.join(", ")) }
+        );
         std::process::exit(if self.failed.is_empty() { 0 } else { 1 })
     }
 }
@@ -122,7 +127,10 @@ impl DockerEnv {
 
     pub fn docker(&self) -> Command {
         let mut c = Command::new("docker");
-        c.env("DOCKER_HOST", &self.host).env("DOCKER_TLS_VERIFY", "1").env("DOCKER_CERT_PATH", &self.cert_path).env_remove("DOCKER_CONTEXT");
+        c.env("DOCKER_HOST", &self.host)
+            .env("DOCKER_TLS_VERIFY", "1")
+            .env("DOCKER_CERT_PATH", &self.cert_path)
+            .env_remove("DOCKER_CONTEXT");
         c
     }
 
@@ -134,7 +142,10 @@ impl DockerEnv {
 /// A tar of a minimal busybox rootfs (the host's static busybox), for `docker import`. Commands run as
 /// `busybox APPLET ...`, so no applet links are needed.
 pub fn busybox_rootfs_tar() -> Result<Vec<u8>, String> {
-    let bb = ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| Path::new(p).exists()).ok_or("busybox-static is not installed on the host (./ferry installs it)")?;
+    let bb = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .ok_or("busybox-static is not installed on the host (./ferry installs it)")?;
     let data = std::fs::read(bb).map_err(|e| format!("read {bb}: {e}"))?;
     if has_interpreter(&data) {
         return Err(format!("{bb} is dynamically linked; install busybox-static"));
@@ -228,7 +239,11 @@ pub fn console(m: &ferry_builder::machine::Machine) -> String {
 /// Ok when `text` holds every string in `wants`.
 pub fn text_has(text: &str, wants: &[&str]) -> Result<String, String> {
     let missing: Vec<&&str> = wants.iter().filter(|w| !text.contains(**w)).collect();
-    if missing.is_empty() { Ok(String::new()) } else { Err(format!("console lacks {missing:?}")) }
+    if missing.is_empty() {
+        Ok(String::new())
+    } else {
+        Err(format!("console lacks {missing:?}"))
+    }
 }
 
 /// Ok when the machine's console log holds every string in `wants`.
@@ -248,7 +263,11 @@ pub fn wait_console(m: &ferry_builder::machine::Machine, want: &str, limit: Dura
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Err(format!("no {want:?} on the console within {}s; tail: {}", limit.as_secs(), console(m).lines().rev().take(8).collect::<Vec<_>>().join(" | ")))
+    Err(format!(
+        "no {want:?} on the console within {}s; tail: {}",
+        limit.as_secs(),
+        console(m).lines().rev().take(8).collect::<Vec<_>>().join(" | ")
+    ))
 }
 
 /// Write `data` into an existing file at byte `off` (a disk image's head, a planted string).
@@ -263,7 +282,8 @@ pub fn write_at(p: &Path, off: u64, data: &[u8]) -> Result<(), String> {
 pub fn edit_tar_header(tar: &mut [u8], n: usize, edit: impl FnOnce(&mut [u8])) {
     let mut off = 0;
     for _ in 0..n {
-        let size = u64::from_str_radix(String::from_utf8_lossy(&tar[off + 124..off + 135]).trim_matches(char::from(0)).trim(), 8).unwrap_or(0) as usize;
+        let size = u64::from_str_radix(String::from_utf8_lossy(&tar[off + 124..off + 135]).trim_matches(char::from(0)).trim(), 8)
+            .unwrap_or(0) as usize;
         off += 512 + size.div_ceil(512) * 512;
     }
     let h = &mut tar[off..off + 512];

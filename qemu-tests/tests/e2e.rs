@@ -20,7 +20,10 @@ fn main() {
     // Boot 1: the normal path.
     let up = ferry(&home, &["up", "e2e"], 40 * MIN);
     let env = up.as_ref().ok().and_then(|o| DockerEnv::parse(o));
-    if !r.check("ferry up boots and prints DOCKER_* exports", up.clone().and_then(|o| env.clone().map(|_| String::new()).ok_or(format!("no exports in: {o}")))) {
+    if !r.check(
+        "ferry up boots and prints DOCKER_* exports",
+        up.clone().and_then(|o| env.clone().map(|_| String::new()).ok_or(format!("no exports in: {o}"))),
+    ) {
         let console = std::fs::read_to_string(home.join("machines/e2e/console.log")).unwrap_or_default();
         println!("--- console ---\n{console}\n---");
         r.finish("e2e");
@@ -41,21 +44,48 @@ fn main() {
         }
     });
     // The engine logs "engine ready" from its own poll, which may trail the host's first answered ping.
-    r.check("console: one line per boot phase with its duration", retry(Duration::from_secs(30), || {
-        let c = console("e2e");
-        let missing: Vec<&str> = ["[early-modules] done in", "[root] done in", "[mounts] done in", "[modules] done in", "[clock] done in", "[network] done in", "[disk] done in", "[userdata] done in", "[services] done in", "engine ready"]
+    r.check(
+        "console: one line per boot phase with its duration",
+        retry(Duration::from_secs(30), || {
+            let c = console("e2e");
+            let missing: Vec<&str> = [
+                "[early-modules] done in",
+                "[root] done in",
+                "[mounts] done in",
+                "[modules] done in",
+                "[clock] done in",
+                "[network] done in",
+                "[disk] done in",
+                "[userdata] done in",
+                "[services] done in",
+                "engine ready",
+            ]
             .into_iter()
             .filter(|p| !c.contains(p))
             .collect();
-        if missing.is_empty() { Ok(String::new()) } else { Err(format!("missing {missing:?}")) }
-    }));
-    r.check("docker version over mTLS (server is dockerd 26.x)", contains(env.run(&["version", "--format", "{{.Server.Version}}"], None, 2 * MIN), "26."));
+            if missing.is_empty() {
+                Ok(String::new())
+            } else {
+                Err(format!("missing {missing:?}"))
+            }
+        }),
+    );
+    r.check(
+        "docker version over mTLS (server is dockerd 26.x)",
+        contains(env.run(&["version", "--format", "{{.Server.Version}}"], None, 2 * MIN), "26."),
+    );
     let info = env.run(&["info", "--format", "{{.CgroupVersion}}|{{.Driver}}|{{.DockerRootDir}}|{{.Name}}"], None, 2 * MIN);
     r.check("docker info: cgroup v2, overlay2, /var/lib/docker, hostname", contains(info, "2|overlay2|/var/lib/docker|e2e"));
 
     let tar = busybox_rootfs_tar();
-    r.check("docker import of a busybox tarball", tar.clone().and_then(|t| env.run(&["import", "-", "ferry-busybox:test"], Some(&t), 5 * MIN)).map(|_| String::new()));
-    r.check("docker run --rm prints output", contains(env.run(&["run", "--rm", "ferry-busybox:test", "busybox", "echo", "hello-from-ferry"], None, 3 * MIN), "hello-from-ferry"));
+    r.check(
+        "docker import of a busybox tarball",
+        tar.clone().and_then(|t| env.run(&["import", "-", "ferry-busybox:test"], Some(&t), 5 * MIN)).map(|_| String::new()),
+    );
+    r.check(
+        "docker run --rm prints output",
+        contains(env.run(&["run", "--rm", "ferry-busybox:test", "busybox", "echo", "hello-from-ferry"], None, 3 * MIN), "hello-from-ferry"),
+    );
     r.check("echo hi | docker run -i --rm IMG cat (half-close reaches dockerd)", {
         let o = env.run(&["run", "-i", "--rm", "ferry-busybox:test", "busybox", "cat"], Some(b"hi\n"), 3 * MIN);
         o.and_then(|s| if s.trim() == "hi" { Ok(String::new()) } else { Err(format!("got {s:?}")) })
@@ -64,15 +94,47 @@ fn main() {
         env.run(&["run", "--rm", "ferry-busybox:test", "busybox", "date", "+%s"], None, 3 * MIN).and_then(|s| {
             let vm: i64 = s.trim().parse().map_err(|_| format!("odd date {s:?}"))?;
             let host = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-            if (vm - host).abs() < 600 { Ok(format!("skew {}s", vm - host)) } else { Err(format!("VM {vm}, host {host}")) }
+            if (vm - host).abs() < 600 {
+                Ok(format!("skew {}s", vm - host))
+            } else {
+                Err(format!("VM {vm}, host {host}"))
+            }
         })
     });
-    r.check("bridge networking: one container serves HTTP, another fetches it", (|| {
-        let _ = env.run(&["rm", "-f", "web"], None, MIN);
-        env.run(&["network", "create", "ferrynet"], None, MIN)?;
-        env.run(&["run", "-d", "--name", "web", "--network", "ferrynet", "ferry-busybox:test", "busybox", "sh", "-c", "mkdir -p /www && echo served-by-web > /www/index.html && exec busybox httpd -f -p 80 -h /www"], None, 2 * MIN)?;
-        retry(MIN, || contains(env.run(&["run", "--rm", "--network", "ferrynet", "ferry-busybox:test", "busybox", "wget", "-qO-", "http://web/"], None, 2 * MIN), "served-by-web"))
-    })());
+    r.check(
+        "bridge networking: one container serves HTTP, another fetches it",
+        (|| {
+            let _ = env.run(&["rm", "-f", "web"], None, MIN);
+            env.run(&["network", "create", "ferrynet"], None, MIN)?;
+            env.run(
+                &[
+                    "run",
+                    "-d",
+                    "--name",
+                    "web",
+                    "--network",
+                    "ferrynet",
+                    "ferry-busybox:test",
+                    "busybox",
+                    "sh",
+                    "-c",
+                    "mkdir -p /www && echo served-by-web > /www/index.html && exec busybox httpd -f -p 80 -h /www",
+                ],
+                None,
+                2 * MIN,
+            )?;
+            retry(MIN, || {
+                contains(
+                    env.run(
+                        &["run", "--rm", "--network", "ferrynet", "ferry-busybox:test", "busybox", "wget", "-qO-", "http://web/"],
+                        None,
+                        2 * MIN,
+                    ),
+                    "served-by-web",
+                )
+            })
+        })(),
+    );
     r.check("docker exec -it attaches a TTY through the front door", {
         let cmd = format!(
             "DOCKER_HOST={} DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH={} docker exec -it web busybox sh -c 'echo in-tty; busybox tty'",
@@ -85,57 +147,123 @@ fn main() {
     // Refusals at the front door (curl as an independent TLS client).
     let url = format!("https://127.0.0.1:{}/_ping", env.port());
     let cp = |f: &str| format!("{}/{f}", env.cert_path);
-    r.check("control: curl with the client certificate gets OK", contains(run(Command::new("curl").args(["-sS", "--max-time", "20", "--cacert", &cp("ca.pem"), "--cert", &cp("cert.pem"), "--key", &cp("key.pem"), &url]), None, MIN), "OK"));
-    r.check("a client without a certificate is refused", match run(Command::new("curl").args(["-sS", "--max-time", "20", "--cacert", &cp("ca.pem"), &url]), None, MIN) {
-        Ok(o) if o.contains("OK") => Err(format!("answered: {o}")),
-        _ => Ok(String::new()),
-    });
-    r.check("a client certificate from another CA is refused", (|| {
-        let dir = home.join("other-ca");
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let b = ferry_engine::certs::generate("localhost", &[], time::OffsetDateTime::now_utc()).map_err(|e| e.to_string())?;
-        std::fs::write(dir.join("cert.pem"), &b.client_cert).map_err(|e| e.to_string())?;
-        std::fs::write(dir.join("key.pem"), &b.client_key).map_err(|e| e.to_string())?;
-        let d = |f: &str| dir.join(f).display().to_string();
-        match run(Command::new("curl").args(["-sS", "--max-time", "20", "--cacert", &cp("ca.pem"), "--cert", &d("cert.pem"), "--key", &d("key.pem"), &url]), None, MIN) {
+    r.check(
+        "control: curl with the client certificate gets OK",
+        contains(
+            run(
+                Command::new("curl").args([
+                    "-sS",
+                    "--max-time",
+                    "20",
+                    "--cacert",
+                    &cp("ca.pem"),
+                    "--cert",
+                    &cp("cert.pem"),
+                    "--key",
+                    &cp("key.pem"),
+                    &url,
+                ]),
+                None,
+                MIN,
+            ),
+            "OK",
+        ),
+    );
+    r.check(
+        "a client without a certificate is refused",
+        match run(Command::new("curl").args(["-sS", "--max-time", "20", "--cacert", &cp("ca.pem"), &url]), None, MIN) {
             Ok(o) if o.contains("OK") => Err(format!("answered: {o}")),
             _ => Ok(String::new()),
-        }
-    })());
+        },
+    );
+    r.check(
+        "a client certificate from another CA is refused",
+        (|| {
+            let dir = home.join("other-ca");
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            let b = ferry_engine::certs::generate("localhost", &[], time::OffsetDateTime::now_utc()).map_err(|e| e.to_string())?;
+            std::fs::write(dir.join("cert.pem"), &b.client_cert).map_err(|e| e.to_string())?;
+            std::fs::write(dir.join("key.pem"), &b.client_key).map_err(|e| e.to_string())?;
+            let d = |f: &str| dir.join(f).display().to_string();
+            match run(
+                Command::new("curl").args([
+                    "-sS",
+                    "--max-time",
+                    "20",
+                    "--cacert",
+                    &cp("ca.pem"),
+                    "--cert",
+                    &d("cert.pem"),
+                    "--key",
+                    &d("key.pem"),
+                    &url,
+                ]),
+                None,
+                MIN,
+            ) {
+                Ok(o) if o.contains("OK") => Err(format!("answered: {o}")),
+                _ => Ok(String::new()),
+            }
+        })(),
+    );
 
     // Inside, over ssh with the machine's key.
     let ssh = |cmd: &str| ferry(&home, &["ssh", "e2e", "--", cmd], 2 * MIN);
-    r.check("ssh docker@ with the machine key; /etc/os-release says ID=boot2docker", contains(ssh("cat /etc/os-release"), "ID=boot2docker"));
+    r.check(
+        "ssh docker@ with the machine key; /etc/os-release says ID=boot2docker",
+        contains(ssh("cat /etc/os-release"), "ID=boot2docker"),
+    );
     r.check("DHCP configured eth0", contains(ssh("ip -4 addr show eth0"), "10.0.2.15"));
-    r.check("modules coldplugged (virtio_net, qemu_fw_cfg) and modprobe applet works", (|| {
-        ssh("sudo /sbin/modprobe dummy")?;
-        let m = ssh("cat /proc/modules")?;
-        let missing: Vec<&str> = ["virtio_net", "qemu_fw_cfg", "overlay", "dummy", "bridge"].into_iter().filter(|x| !m.contains(x)).collect();
-        if missing.is_empty() { Ok(String::new()) } else { Err(format!("not loaded: {missing:?}")) }
-    })());
-    r.check("no zombie processes (PID 1 reaps)", ssh("grep -l '^State:.*Z' /proc/[0-9]*/status || true").and_then(|o| if o.trim().is_empty() { Ok(String::new()) } else { Err(o) }));
+    r.check(
+        "modules coldplugged (virtio_net, qemu_fw_cfg) and modprobe applet works",
+        (|| {
+            ssh("sudo /sbin/modprobe dummy")?;
+            let m = ssh("cat /proc/modules")?;
+            let missing: Vec<&str> =
+                ["virtio_net", "qemu_fw_cfg", "overlay", "dummy", "bridge"].into_iter().filter(|x| !m.contains(x)).collect();
+            if missing.is_empty() {
+                Ok(String::new())
+            } else {
+                Err(format!("not loaded: {missing:?}"))
+            }
+        })(),
+    );
+    r.check(
+        "no zombie processes (PID 1 reaps)",
+        ssh("grep -l '^State:.*Z' /proc/[0-9]*/status || true").and_then(|o| if o.trim().is_empty() { Ok(String::new()) } else { Err(o) }),
+    );
     r.check("root is an overlay (pivot_root-capable, not the initramfs)", contains(ssh("grep ' / ' /proc/mounts"), "overlay"));
-    r.check("/etc/init.d/docker status|stop|start control dockerd through the manager", (|| {
-        contains(ssh("sudo /etc/init.d/docker status"), "running")?;
-        contains(ssh("sudo /etc/init.d/docker stop"), "stopped")?;
-        if env.run(&["version", "--format", "{{.Server.Version}}"], None, MIN).is_ok() {
-            return Err("dockerd still answers after stop".into());
-        }
-        match ssh("sudo /etc/init.d/docker status") {
-            Err(e) if e.contains("not running") => {}
-            other => return Err(format!("status after stop: {other:?}")),
-        }
-        contains(ssh("sudo /etc/init.d/docker start"), "started")?;
-        contains(env.run(&["version", "--format", "{{.Server.Version}}"], None, MIN), "26.")?;
-        contains(ssh("sudo /etc/init.d/docker restart"), "started")
-    })());
+    r.check(
+        "/etc/init.d/docker status|stop|start control dockerd through the manager",
+        (|| {
+            contains(ssh("sudo /etc/init.d/docker status"), "running")?;
+            contains(ssh("sudo /etc/init.d/docker stop"), "stopped")?;
+            if env.run(&["version", "--format", "{{.Server.Version}}"], None, MIN).is_ok() {
+                return Err("dockerd still answers after stop".into());
+            }
+            match ssh("sudo /etc/init.d/docker status") {
+                Err(e) if e.contains("not running") => {}
+                other => return Err(format!("status after stop: {other:?}")),
+            }
+            contains(ssh("sudo /etc/init.d/docker start"), "started")?;
+            contains(env.run(&["version", "--format", "{{.Server.Version}}"], None, MIN), "26.")?;
+            contains(ssh("sudo /etc/init.d/docker restart"), "started")
+        })(),
+    );
 
     // Shutdown: ACPI power-down through QMP with a container running; the engine must stop first.
-    r.check("a container is running before shutdown", env.run(&["run", "-d", "--name", "sleeper", "ferry-busybox:test", "busybox", "sleep", "1000"], None, 2 * MIN).map(|_| String::new()));
+    r.check(
+        "a container is running before shutdown",
+        env.run(&["run", "-d", "--name", "sleeper", "ferry-busybox:test", "busybox", "sleep", "1000"], None, 2 * MIN)
+            .map(|_| String::new()),
+    );
     let t = Instant::now();
     let stop = ferry(&home, &["stop", "e2e"], 3 * MIN);
     let took = t.elapsed();
-    r.check("ferry stop powers off within 60 s", stop.and_then(|_| if took <= MIN { Ok(format!("{:.1}s", took.as_secs_f64())) } else { Err(format!("took {took:?}")) }));
+    r.check(
+        "ferry stop powers off within 60 s",
+        stop.and_then(|_| if took <= MIN { Ok(format!("{:.1}s", took.as_secs_f64())) } else { Err(format!("took {took:?}")) }),
+    );
     r.check("console shows the engine stopping before power-off", {
         let c = console("e2e");
         match (c.find("[shutdown] engine stopped"), c.find("PowerOff now")) {
@@ -151,7 +279,13 @@ fn main() {
 }
 
 /// Boot a machine whose fw_cfg userdata is `make(public ssh key)`; wait for "engine ready" on its console.
-fn bad_boot(r: &mut Report, home: &Path, name: &str, make: impl FnOnce(Vec<u8>) -> Vec<u8>, disks: impl FnOnce(&ferry_builder::machine::Machine) -> Vec<ferry_builder::qemu::Drive>) -> Option<ferry_builder::machine::Machine> {
+fn bad_boot(
+    r: &mut Report,
+    home: &Path,
+    name: &str,
+    make: impl FnOnce(Vec<u8>) -> Vec<u8>,
+    disks: impl FnOnce(&ferry_builder::machine::Machine) -> Vec<ferry_builder::qemu::Drive>,
+) -> Option<ferry_builder::machine::Machine> {
     use ferry_builder::machine::Machine;
     std::env::set_var("FERRY_HOME", home);
     let setup = (|| -> Result<Machine, String> {
@@ -159,7 +293,8 @@ fn bad_boot(r: &mut Report, home: &Path, name: &str, make: impl FnOnce(Vec<u8>) 
         m.create(None).map_err(|e| e.to_string())?;
         let key = std::fs::read(m.path("id_ed25519.pub")).map_err(|e| e.to_string())?;
         std::fs::write(m.path("userdata.tar"), make(key)).map_err(|e| e.to_string())?;
-        let mut l = m.launch(&out_dir(), &format!("console=ttyS0,115200 quiet panic=-1 ferry.hostname={name}")).map_err(|e| e.to_string())?;
+        let mut l =
+            m.launch(&out_dir(), &format!("console=ttyS0,115200 quiet panic=-1 ferry.hostname={name}")).map_err(|e| e.to_string())?;
         l.disks = disks(&m);
         l.start().map_err(|e| e.to_string())?;
         Ok(m)
@@ -172,7 +307,13 @@ fn bad_boot(r: &mut Report, home: &Path, name: &str, make: impl FnOnce(Vec<u8>) 
         }
     };
     let console = || std::fs::read_to_string(m.path("console.log")).unwrap_or_default();
-    let ready = retry(10 * MIN, || if console().contains("engine ready") { Ok(()) } else { Err(format!("console tail: {}", console().lines().rev().take(10).collect::<Vec<_>>().join(" | "))) });
+    let ready = retry(10 * MIN, || {
+        if console().contains("engine ready") {
+            Ok(())
+        } else {
+            Err(format!("console tail: {}", console().lines().rev().take(10).collect::<Vec<_>>().join(" | ")))
+        }
+    });
     if let Err(e) = ready {
         r.check(&format!("{name}: engine comes up"), Err(e));
         let _ = run(Command::new(ferry_bin()).args(["stop", name]).env("FERRY_HOME", home), None, 3 * MIN);
@@ -186,57 +327,82 @@ fn bad_boot(r: &mut Report, home: &Path, name: &str, make: impl FnOnce(Vec<u8>) 
 fn bad_tls_boot(r: &mut Report, home: &Path) {
     use ferry_init::userdata;
     let now = time::OffsetDateTime::now_utc();
-    let (Ok(a), Ok(b)) = (ferry_engine::certs::generate("localhost", &[], now), ferry_engine::certs::generate("localhost", &[], now)) else {
+    let (Ok(a), Ok(b)) = (ferry_engine::certs::generate("localhost", &[], now), ferry_engine::certs::generate("localhost", &[], now))
+    else {
         r.check("bad TLS: certificates for the test", Err("generation failed".into()));
         return;
     };
-    let Some(m) = bad_boot(r, home, "e2e-badtls", |key| {
-        userdata::write(&[
-            userdata::file(".ssh/authorized_keys", 0o644, key),
-            userdata::file("tls/ca.pem", 0o644, a.ca_cert.clone()),
-            userdata::file("tls/server.pem", 0o644, a.server_cert.clone()),
-            userdata::file("tls/server-key.pem", 0o600, b.server_key.clone()),
-        ])
-    }, |_| vec![]) else {
+    let Some(m) = bad_boot(
+        r,
+        home,
+        "e2e-badtls",
+        |key| {
+            userdata::write(&[
+                userdata::file(".ssh/authorized_keys", 0o644, key),
+                userdata::file("tls/ca.pem", 0o644, a.ca_cert.clone()),
+                userdata::file("tls/server.pem", 0o644, a.server_cert.clone()),
+                userdata::file("tls/server-key.pem", 0o600, b.server_key.clone()),
+            ])
+        },
+        |_| vec![],
+    ) else {
         return;
     };
-    r.check("bad TLS: console names server-key.pem and the engine still starts", console_has(&m, &["server-key.pem does not match", "using generated certificates", "engine ready"]));
-    r.check("bad TLS: generated client bundle works with the docker CLI", (|| {
-        let dir = home.join("badtls-client");
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        for f in ["ca.pem", "cert.pem", "key.pem"] {
-            let o = retry(2 * MIN, || run(Command::new(ferry_bin()).args(["ssh", "e2e-badtls", "--", &format!("cat ~/.docker/{f}")]).env("FERRY_HOME", home), None, MIN))?;
-            std::fs::write(dir.join(f), o).map_err(|e| e.to_string())?;
-        }
-        let p = m.ports().map_err(|e| e.to_string())?;
-        let env = DockerEnv { host: format!("tcp://127.0.0.1:{}", p.api), cert_path: dir.display().to_string() };
-        contains(env.run(&["version", "--format", "{{.Server.Version}}"], None, 2 * MIN), "26.")
-    })());
-    r.check("generated server certificate follows a new address (re-issued, no restart)", (|| {
-        let dir = home.join("badtls-client");
-        ferry(home, &["ssh", "e2e-badtls", "--", "sudo ip addr add 10.0.2.99/24 dev eth0"], MIN)?;
-        let p = m.ports().map_err(|e| e.to_string())?;
-        let script = format!(
-            "openssl s_client -connect 127.0.0.1:{} -cert {} -key {} </dev/null 2>/dev/null | openssl x509 -noout -ext subjectAltName",
-            p.api,
-            dir.join("cert.pem").display(),
-            dir.join("key.pem").display()
-        );
-        retry(MIN, || contains(run(Command::new("sh").args(["-c", &script]), None, MIN), "IP Address:10.0.2.99"))?;
-        console_has(&m, &["server certificate re-issued"])
-    })());
+    r.check(
+        "bad TLS: console names server-key.pem and the engine still starts",
+        console_has(&m, &["server-key.pem does not match", "using generated certificates", "engine ready"]),
+    );
+    r.check(
+        "bad TLS: generated client bundle works with the docker CLI",
+        (|| {
+            let dir = home.join("badtls-client");
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            for f in ["ca.pem", "cert.pem", "key.pem"] {
+                let o = retry(2 * MIN, || {
+                    run(
+                        Command::new(ferry_bin()).args(["ssh", "e2e-badtls", "--", &format!("cat ~/.docker/{f}")]).env("FERRY_HOME", home),
+                        None,
+                        MIN,
+                    )
+                })?;
+                std::fs::write(dir.join(f), o).map_err(|e| e.to_string())?;
+            }
+            let p = m.ports().map_err(|e| e.to_string())?;
+            let env = DockerEnv { host: format!("tcp://127.0.0.1:{}", p.api), cert_path: dir.display().to_string() };
+            contains(env.run(&["version", "--format", "{{.Server.Version}}"], None, 2 * MIN), "26.")
+        })(),
+    );
+    r.check(
+        "generated server certificate follows a new address (re-issued, no restart)",
+        (|| {
+            let dir = home.join("badtls-client");
+            ferry(home, &["ssh", "e2e-badtls", "--", "sudo ip addr add 10.0.2.99/24 dev eth0"], MIN)?;
+            let p = m.ports().map_err(|e| e.to_string())?;
+            let script = format!(
+                "openssl s_client -connect 127.0.0.1:{} -cert {} -key {} </dev/null 2>/dev/null | openssl x509 -noout -ext subjectAltName",
+                p.api,
+                dir.join("cert.pem").display(),
+                dir.join("key.pem").display()
+            );
+            retry(MIN, || contains(run(Command::new("sh").args(["-c", &script]), None, MIN), "IP Address:10.0.2.99"))?;
+            console_has(&m, &["server certificate re-issued"])
+        })(),
+    );
     // Hyper-V's shutdown integration and users run /sbin/poweroff; it must power the VM off cleanly.
-    r.check("sudo poweroff over ssh powers off within 60 s, engine stopped first", (|| {
-        let _ = run(Command::new(ferry_bin()).args(["ssh", "e2e-badtls", "--", "sudo poweroff"]).env("FERRY_HOME", home), None, MIN);
-        if !ferry_builder::qemu::wait_exit(&m.path("qemu.pid"), MIN) {
-            return Err("QEMU still running 60 s after poweroff".into());
-        }
-        let c = std::fs::read_to_string(m.path("console.log")).unwrap_or_default();
-        match (c.find("[shutdown] engine stopped"), c.find("PowerOff now")) {
-            (Some(a), Some(b)) if a < b => Ok(String::new()),
-            _ => Err("console lacks engine stop before power-off".into()),
-        }
-    })());
+    r.check(
+        "sudo poweroff over ssh powers off within 60 s, engine stopped first",
+        (|| {
+            let _ = run(Command::new(ferry_bin()).args(["ssh", "e2e-badtls", "--", "sudo poweroff"]).env("FERRY_HOME", home), None, MIN);
+            if !ferry_builder::qemu::wait_exit(&m.path("qemu.pid"), MIN) {
+                return Err("QEMU still running 60 s after poweroff".into());
+            }
+            let c = std::fs::read_to_string(m.path("console.log")).unwrap_or_default();
+            match (c.find("[shutdown] engine stopped"), c.find("PowerOff now")) {
+                (Some(a), Some(b)) if a < b => Ok(String::new()),
+                _ => Err("console lacks engine stop before power-off".into()),
+            }
+        })(),
+    );
     let _ = run(Command::new(ferry_bin()).args(["stop", "e2e-badtls"]).env("FERRY_HOME", home), None, 3 * MIN);
 }
 
@@ -246,23 +412,55 @@ fn bad_tls_boot(r: &mut Report, home: &Path) {
 fn garbage_userdata_boot(r: &mut Report, home: &Path) {
     let tiny = home.join("tiny.img");
     let mut before = None;
-    let Some(m) = bad_boot(r, home, "e2e-garbage", |_| b"this is not a tar archive\n".repeat(100), |m| {
-        let key = std::fs::read(m.path("id_ed25519.pub")).ok();
-        let spec = ferry_builder::disk::Spec { path: tiny.clone(), bytes: 600 << 20, format: ferry_builder::disk::Format::Raw, ssh_pub: key, tls: None };
-        if let Err(e) = ferry_builder::disk::create(&spec) {
-            println!("note: could not create {}: {e}", tiny.display());
-        }
-        before = sha256_file(&tiny);
-        vec![ferry_builder::qemu::Drive::new(tiny.clone(), "raw")]
-    }) else {
+    let Some(m) = bad_boot(
+        r,
+        home,
+        "e2e-garbage",
+        |_| b"this is not a tar archive\n".repeat(100),
+        |m| {
+            let key = std::fs::read(m.path("id_ed25519.pub")).ok();
+            let spec = ferry_builder::disk::Spec {
+                path: tiny.clone(),
+                bytes: 600 << 20,
+                format: ferry_builder::disk::Format::Raw,
+                ssh_pub: key,
+                tls: None,
+            };
+            if let Err(e) = ferry_builder::disk::create(&spec) {
+                println!("note: could not create {}: {e}", tiny.display());
+            }
+            before = sha256_file(&tiny);
+            vec![ferry_builder::qemu::Drive::new(tiny.clone(), "raw")]
+        },
+    ) else {
         return;
     };
-    r.check("garbage fw_cfg userdata: console names it, engine starts with generated certificates", console_has(&m, &["opt/ferry/userdata.tar/raw: userdata.tar: header checksum mismatch", "continuing without it", "generated a CA", "engine ready"]));
-    r.check("a format-me disk too small for swap + data: clear error, appliance runs from RAM", console_has(&m, &["Ferry needs at least", "running from RAM"]));
-    r.check("... and its SSH key still works for this boot", contains(retry(2 * MIN, || ferry(home, &["ssh", "e2e-garbage", "--", "echo key-from-tiny-disk"], MIN)), "key-from-tiny-disk"));
+    r.check(
+        "garbage fw_cfg userdata: console names it, engine starts with generated certificates",
+        console_has(
+            &m,
+            &[
+                "opt/ferry/userdata.tar/raw: userdata.tar: header checksum mismatch",
+                "continuing without it",
+                "generated a CA",
+                "engine ready",
+            ],
+        ),
+    );
+    r.check(
+        "a format-me disk too small for swap + data: clear error, appliance runs from RAM",
+        console_has(&m, &["Ferry needs at least", "running from RAM"]),
+    );
+    r.check(
+        "... and its SSH key still works for this boot",
+        contains(retry(2 * MIN, || ferry(home, &["ssh", "e2e-garbage", "--", "echo key-from-tiny-disk"], MIN)), "key-from-tiny-disk"),
+    );
     let _ = ferry(home, &["stop", "e2e-garbage"], 3 * MIN);
-    r.check("... and the disk is byte-identical afterwards", match (before, sha256_file(&tiny)) {
-        (Some(a), Some(b)) if a == b => Ok(String::new()),
-        (a, b) => Err(format!("sha256 before {a:?}, after {b:?}")),
-    });
+    r.check(
+        "... and the disk is byte-identical afterwards",
+        match (before, sha256_file(&tiny)) {
+            (Some(a), Some(b)) if a == b => Ok(String::new()),
+            (a, b) => Err(format!("sha256 before {a:?}, after {b:?}")),
+        },
+    );
 }

@@ -52,80 +52,128 @@ fn validators(r: &mut Report, home: &Path) {
     let iso = out.join("ferry.iso");
     let img = out.join("ferry.img");
     let head = std::fs::read(&iso).map(|b| b[..0x10000.min(b.len())].to_vec()).unwrap_or_default();
-    if !r.check("out/ferry.iso and out/ferry.img exist", if head.len() == 0x10000 && img.is_file() { Ok(String::new()) } else { Err("run ferry build".into()) }) {
+    if !r.check(
+        "out/ferry.iso and out/ferry.img exist",
+        if head.len() == 0x10000 && img.is_file() { Ok(String::new()) } else { Err("run ferry build".into()) },
+    ) {
         return;
     }
-    r.check("xorriso: El Torito has a BIOS (ISOLINUX, boot-info-table) and a UEFI entry", (|| {
-        let rep = tool(Command::new("xorriso").args(["-indev"]).arg(&iso).args(["-report_el_torito", "plain"]))?;
-        let bios = rep.lines().any(|l| l.contains("El Torito boot img") && l.contains("BIOS") && l.contains("none"));
-        let uefi = rep.lines().any(|l| l.contains("El Torito boot img") && l.contains("UEFI"));
-        let opts = rep.contains("boot-info-table") && rep.contains("isohybrid-suitable") && rep.contains("/ISOLINUX/ISOLINUX.BIN") && rep.contains("/EFIBOOT.IMG");
-        if bios && uefi && opts { Ok(String::new()) } else { Err(rep) }
-    })());
+    r.check(
+        "xorriso: El Torito has a BIOS (ISOLINUX, boot-info-table) and a UEFI entry",
+        (|| {
+            let rep = tool(Command::new("xorriso").args(["-indev"]).arg(&iso).args(["-report_el_torito", "plain"]))?;
+            let bios = rep.lines().any(|l| l.contains("El Torito boot img") && l.contains("BIOS") && l.contains("none"));
+            let uefi = rep.lines().any(|l| l.contains("El Torito boot img") && l.contains("UEFI"));
+            let opts = rep.contains("boot-info-table")
+                && rep.contains("isohybrid-suitable")
+                && rep.contains("/ISOLINUX/ISOLINUX.BIN")
+                && rep.contains("/EFIBOOT.IMG");
+            if bios && uefi && opts {
+                Ok(String::new())
+            } else {
+                Err(rep)
+            }
+        })(),
+    );
     r.check("volume id at 0x8028 carries -v<version> (docker-machine reads it)", {
         let id = String::from_utf8_lossy(&head[0x8028..0x8048]).trim().to_string();
         let want = format!("-v{}", env!("CARGO_PKG_VERSION"));
-        if id.contains(&want) { Ok(id) } else { Err(format!("volume id {id:?}, want {want:?}")) }
+        if id.contains(&want) {
+            Ok(id)
+        } else {
+            Err(format!("volume id {id:?}, want {want:?}"))
+        }
     });
-    r.check("isohybrid MBR: isolinux.bin's sector at 432, an active partition, an 0xEF partition", (|| {
-        let rep = tool(Command::new("xorriso").args(["-indev"]).arg(&iso).args(["-report_el_torito", "plain"]))?;
-        let lba: u64 = rep.lines().find(|l| l.contains("El Torito boot img") && l.contains("BIOS")).and_then(|l| l.split_whitespace().last()).and_then(|x| x.parse().ok()).ok_or("no BIOS LBA in xorriso's report")?;
-        let fd = tool(Command::new("fdisk").arg("-l").arg(&iso))?;
-        let ok = u32_le(&head, 432) == lba * 4 && head[446] == 0x80 && head[450 + 16] == 0xEF && &head[510..512] == [0x55, 0xAA] && fd.contains(" ef ");
-        if ok { Ok(String::new()) } else { Err(format!("isolinux at {lba}, MBR says {}; fdisk:\n{fd}", u32_le(&head, 432))) }
-    })());
-    r.check("fsck.fat -n passes on the ISO's EFI image", (|| {
-        let (start, sectors) = (u32_le(&head, 462 + 8), u32_le(&head, 462 + 12));
-        let esp = home.join("iso-esp.img");
-        carve(&iso, start * 512, sectors * 512, &esp)?;
-        tool(Command::new("fsck.fat").arg("-n").arg(&esp)).map(|o| o.lines().last().unwrap_or("").to_string())
-    })());
-    r.check("sgdisk -v finds no problems in ferry.img, and fsck.fat -n passes on its ESP", (|| {
-        let v = tool(Command::new("sgdisk").arg("-v").arg(&img))?;
-        if !v.contains("No problems found") {
-            return Err(v);
-        }
-        let p = tool(Command::new("sgdisk").arg("-i").arg("1").arg(&img))?;
-        if !p.contains("C12A7328-F81F-11D2-BA4B-00A0C93EC93B") {
-            return Err(format!("partition 1 is not an EFI system partition: {p}"));
-        }
-        let num = |key: &str| p.lines().find_map(|l| l.strip_prefix(key)).and_then(|x| x.split_whitespace().next()).and_then(|x| x.parse::<u64>().ok());
-        let (first, last) = (num("First sector: ").ok_or("no first sector")?, num("Last sector: ").ok_or("no last sector")?);
-        let esp = home.join("img-esp.img");
-        carve(&img, first * 512, (last + 1 - first) * 512, &esp)?;
-        tool(Command::new("fsck.fat").arg("-n").arg(&esp)).map(|o| o.lines().last().unwrap_or("").to_string())
-    })());
-    r.check("kernel, initrd and boot files read back from the ISO 9660 tree and the ESP", (|| {
-        let x = home.join("x");
-        let _ = std::fs::create_dir_all(&x);
-        for (from, to) in [("/VMLINUZ", "vmlinuz"), ("/INITRD.IMG", "initrd.img"), ("/ISOLINUX/ISOLINUX.CFG", "isolinux.cfg")] {
-            tool(Command::new("xorriso").args(["-osirrox", "on", "-indev"]).arg(&iso).args(["-extract", from]).arg(x.join(to)))?;
-        }
-        for f in ["vmlinuz", "initrd.img"] {
-            if sha256_file(&x.join(f)) != sha256_file(&out.join(f)) {
-                return Err(format!("{f} read from the ISO differs from out/{f}"));
+    r.check(
+        "isohybrid MBR: isolinux.bin's sector at 432, an active partition, an 0xEF partition",
+        (|| {
+            let rep = tool(Command::new("xorriso").args(["-indev"]).arg(&iso).args(["-report_el_torito", "plain"]))?;
+            let lba: u64 = rep
+                .lines()
+                .find(|l| l.contains("El Torito boot img") && l.contains("BIOS"))
+                .and_then(|l| l.split_whitespace().last())
+                .and_then(|x| x.parse().ok())
+                .ok_or("no BIOS LBA in xorriso's report")?;
+            let fd = tool(Command::new("fdisk").arg("-l").arg(&iso))?;
+            let ok = u32_le(&head, 432) == lba * 4
+                && head[446] == 0x80
+                && head[450 + 16] == 0xEF
+                && &head[510..512] == [0x55, 0xAA]
+                && fd.contains(" ef ");
+            if ok {
+                Ok(String::new())
+            } else {
+                Err(format!("isolinux at {lba}, MBR says {}; fdisk:\n{fd}", u32_le(&head, 432)))
             }
-        }
-        let cfg = std::fs::read_to_string(x.join("isolinux.cfg")).unwrap_or_default();
-        for want in ["  kernel /vmlinuz", "  initrd /initrd.img", "  append console="] {
-            if !cfg.lines().any(|l| l.starts_with(want)) {
-                return Err(format!("isolinux.cfg lacks an indented {want:?} line:\n{cfg}"));
+        })(),
+    );
+    r.check(
+        "fsck.fat -n passes on the ISO's EFI image",
+        (|| {
+            let (start, sectors) = (u32_le(&head, 462 + 8), u32_le(&head, 462 + 12));
+            let esp = home.join("iso-esp.img");
+            carve(&iso, start * 512, sectors * 512, &esp)?;
+            tool(Command::new("fsck.fat").arg("-n").arg(&esp)).map(|o| o.lines().last().unwrap_or("").to_string())
+        })(),
+    );
+    r.check(
+        "sgdisk -v finds no problems in ferry.img, and fsck.fat -n passes on its ESP",
+        (|| {
+            let v = tool(Command::new("sgdisk").arg("-v").arg(&img))?;
+            if !v.contains("No problems found") {
+                return Err(v);
             }
-        }
-        let esp = home.join("img-esp.img");
-        let entry = tool(Command::new("mtype").arg("-i").arg(&esp).arg("::/loader/entries/ferry.conf"))?;
-        let shim = tool(Command::new("mdir").arg("-i").arg(&esp).arg("::/EFI/BOOT"))?;
-        if !entry.contains("linux   /vmlinuz") || !shim.contains("BOOTX64") || !shim.contains("grubx64.efi") {
-            return Err(format!("ESP contents: {entry}\n{shim}"));
-        }
-        Ok(String::new())
-    })());
+            let p = tool(Command::new("sgdisk").arg("-i").arg("1").arg(&img))?;
+            if !p.contains("C12A7328-F81F-11D2-BA4B-00A0C93EC93B") {
+                return Err(format!("partition 1 is not an EFI system partition: {p}"));
+            }
+            let num = |key: &str| {
+                p.lines().find_map(|l| l.strip_prefix(key)).and_then(|x| x.split_whitespace().next()).and_then(|x| x.parse::<u64>().ok())
+            };
+            let (first, last) = (num("First sector: ").ok_or("no first sector")?, num("Last sector: ").ok_or("no last sector")?);
+            let esp = home.join("img-esp.img");
+            carve(&img, first * 512, (last + 1 - first) * 512, &esp)?;
+            tool(Command::new("fsck.fat").arg("-n").arg(&esp)).map(|o| o.lines().last().unwrap_or("").to_string())
+        })(),
+    );
+    r.check(
+        "kernel, initrd and boot files read back from the ISO 9660 tree and the ESP",
+        (|| {
+            let x = home.join("x");
+            let _ = std::fs::create_dir_all(&x);
+            for (from, to) in [("/VMLINUZ", "vmlinuz"), ("/INITRD.IMG", "initrd.img"), ("/ISOLINUX/ISOLINUX.CFG", "isolinux.cfg")] {
+                tool(Command::new("xorriso").args(["-osirrox", "on", "-indev"]).arg(&iso).args(["-extract", from]).arg(x.join(to)))?;
+            }
+            for f in ["vmlinuz", "initrd.img"] {
+                if sha256_file(&x.join(f)) != sha256_file(&out.join(f)) {
+                    return Err(format!("{f} read from the ISO differs from out/{f}"));
+                }
+            }
+            let cfg = std::fs::read_to_string(x.join("isolinux.cfg")).unwrap_or_default();
+            for want in ["  kernel /vmlinuz", "  initrd /initrd.img", "  append console="] {
+                if !cfg.lines().any(|l| l.starts_with(want)) {
+                    return Err(format!("isolinux.cfg lacks an indented {want:?} line:\n{cfg}"));
+                }
+            }
+            let esp = home.join("img-esp.img");
+            let entry = tool(Command::new("mtype").arg("-i").arg(&esp).arg("::/loader/entries/ferry.conf"))?;
+            let shim = tool(Command::new("mdir").arg("-i").arg(&esp).arg("::/EFI/BOOT"))?;
+            if !entry.contains("linux   /vmlinuz") || !shim.contains("BOOTX64") || !shim.contains("grubx64.efi") {
+                return Err(format!("ESP contents: {entry}\n{shim}"));
+            }
+            Ok(String::new())
+        })(),
+    );
     r.check("kernel and initrd are stored once (the ISO is not much larger than them)", {
         let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         let payload = size(&out.join("vmlinuz")) + size(&out.join("initrd.img"));
         let iso_size = size(&iso);
         // Boot loaders (~2.5 MiB), FAT and ISO metadata, padding to a whole 1 MiB cylinder.
-        if payload > 0 && iso_size < payload + (8 << 20) { Ok(format!("ISO {iso_size} bytes, kernel+initrd {payload}")) } else { Err(format!("ISO {iso_size} bytes vs kernel+initrd {payload}")) }
+        if payload > 0 && iso_size < payload + (8 << 20) {
+            Ok(format!("ISO {iso_size} bytes, kernel+initrd {payload}"))
+        } else {
+            Err(format!("ISO {iso_size} bytes vs kernel+initrd {payload}"))
+        }
     });
 }
 
@@ -148,8 +196,14 @@ fn reproducible(r: &mut Report, home: &Path) {
                 Ok(o) => Err(format!("build succeeded: {o}")),
                 Err(e) if !e.contains("SOURCE_DATE_EPOCH") => Err(format!("error does not name SOURCE_DATE_EPOCH: {e}")),
                 Err(_) => {
-                    let left: Vec<String> = std::fs::read_dir(&dir).map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect()).unwrap_or_default();
-                    if left.is_empty() { Ok(String::new()) } else { Err(format!("left in the output directory: {left:?}")) }
+                    let left: Vec<String> = std::fs::read_dir(&dir)
+                        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect())
+                        .unwrap_or_default();
+                    if left.is_empty() {
+                        Ok(String::new())
+                    } else {
+                        Err(format!("left in the output directory: {left:?}"))
+                    }
                 }
             }
         });
@@ -161,16 +215,23 @@ fn reproducible(r: &mut Report, home: &Path) {
     let dir = home.join("rebuild");
     let t = Instant::now();
     let built = build_into(&dir, &epoch.to_string());
-    r.check("a second clean build (same inputs and SOURCE_DATE_EPOCH) gives bit-identical initrd.img, ferry.iso, ferry.img", built.and_then(|_| {
-        let mut diffs = Vec::new();
-        for f in ["initrd.img", "ferry.iso", "ferry.img", "vmlinuz"] {
-            let (a, b) = (sha256_file(&out_dir().join(f)), sha256_file(&dir.join(f)));
-            if a.is_none() || a != b {
-                diffs.push(format!("{f}: {a:?} vs {b:?}"));
+    r.check(
+        "a second clean build (same inputs and SOURCE_DATE_EPOCH) gives bit-identical initrd.img, ferry.iso, ferry.img",
+        built.and_then(|_| {
+            let mut diffs = Vec::new();
+            for f in ["initrd.img", "ferry.iso", "ferry.img", "vmlinuz"] {
+                let (a, b) = (sha256_file(&out_dir().join(f)), sha256_file(&dir.join(f)));
+                if a.is_none() || a != b {
+                    diffs.push(format!("{f}: {a:?} vs {b:?}"));
+                }
             }
-        }
-        if diffs.is_empty() { Ok(format!("rebuilt in {:.0}s", t.elapsed().as_secs_f64())) } else { Err(diffs.join("; ")) }
-    }));
+            if diffs.is_empty() {
+                Ok(format!("rebuilt in {:.0}s", t.elapsed().as_secs_f64()))
+            } else {
+                Err(diffs.join("; "))
+            }
+        }),
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -189,14 +250,102 @@ struct Case {
 }
 
 const CASES: &[Case] = &[
-    Case { name: "bios-cd", what: "SeaBIOS + ISO as CD-ROM", chipset: "q35", uefi: false, secure_boot: false, nic: "virtio-net-pci", no_defaults: false, medium: "ferry.iso", bus: Bus::Cdrom, data_disk: false },
-    Case { name: "bios-usb", what: "SeaBIOS + ISO as a USB disk", chipset: "q35", uefi: false, secure_boot: false, nic: "virtio-net-pci", no_defaults: false, medium: "ferry.iso", bus: Bus::Usb, data_disk: false },
-    Case { name: "uefi-cd", what: "OVMF + ISO as CD-ROM", chipset: "q35", uefi: true, secure_boot: false, nic: "virtio-net-pci", no_defaults: false, medium: "ferry.iso", bus: Bus::Cdrom, data_disk: false },
-    Case { name: "uefi-usb", what: "OVMF + ISO as a USB disk", chipset: "q35", uefi: true, secure_boot: false, nic: "virtio-net-pci", no_defaults: false, medium: "ferry.iso", bus: Bus::Usb, data_disk: false },
-    Case { name: "uefi-img", what: "OVMF + ferry.img as a SATA disk", chipset: "q35", uefi: true, secure_boot: false, nic: "virtio-net-pci", no_defaults: false, medium: "ferry.img", bus: Bus::Ahci, data_disk: false },
-    Case { name: "secureboot", what: "OVMF with Secure Boot enforced (Microsoft keys) + ISO as CD-ROM", chipset: "q35", uefi: true, secure_boot: true, nic: "virtio-net-pci", no_defaults: false, medium: "ferry.iso", bus: Bus::Cdrom, data_disk: false },
-    Case { name: "vbox", what: "VirtualBox-like: i440fx, SeaBIOS, AHCI CD + AHCI data disk, e1000", chipset: "pc", uefi: false, secure_boot: false, nic: "e1000", no_defaults: false, medium: "ferry.iso", bus: Bus::Cdrom, data_disk: true },
-    Case { name: "hyperv2", what: "Hyper-V-Gen2-like: q35, OVMF, no default devices, ISO on SCSI", chipset: "q35", uefi: true, secure_boot: false, nic: "virtio-net-pci", no_defaults: true, medium: "ferry.iso", bus: Bus::ScsiCdrom, data_disk: false },
+    Case {
+        name: "bios-cd",
+        what: "SeaBIOS + ISO as CD-ROM",
+        chipset: "q35",
+        uefi: false,
+        secure_boot: false,
+        nic: "virtio-net-pci",
+        no_defaults: false,
+        medium: "ferry.iso",
+        bus: Bus::Cdrom,
+        data_disk: false,
+    },
+    Case {
+        name: "bios-usb",
+        what: "SeaBIOS + ISO as a USB disk",
+        chipset: "q35",
+        uefi: false,
+        secure_boot: false,
+        nic: "virtio-net-pci",
+        no_defaults: false,
+        medium: "ferry.iso",
+        bus: Bus::Usb,
+        data_disk: false,
+    },
+    Case {
+        name: "uefi-cd",
+        what: "OVMF + ISO as CD-ROM",
+        chipset: "q35",
+        uefi: true,
+        secure_boot: false,
+        nic: "virtio-net-pci",
+        no_defaults: false,
+        medium: "ferry.iso",
+        bus: Bus::Cdrom,
+        data_disk: false,
+    },
+    Case {
+        name: "uefi-usb",
+        what: "OVMF + ISO as a USB disk",
+        chipset: "q35",
+        uefi: true,
+        secure_boot: false,
+        nic: "virtio-net-pci",
+        no_defaults: false,
+        medium: "ferry.iso",
+        bus: Bus::Usb,
+        data_disk: false,
+    },
+    Case {
+        name: "uefi-img",
+        what: "OVMF + ferry.img as a SATA disk",
+        chipset: "q35",
+        uefi: true,
+        secure_boot: false,
+        nic: "virtio-net-pci",
+        no_defaults: false,
+        medium: "ferry.img",
+        bus: Bus::Ahci,
+        data_disk: false,
+    },
+    Case {
+        name: "secureboot",
+        what: "OVMF with Secure Boot enforced (Microsoft keys) + ISO as CD-ROM",
+        chipset: "q35",
+        uefi: true,
+        secure_boot: true,
+        nic: "virtio-net-pci",
+        no_defaults: false,
+        medium: "ferry.iso",
+        bus: Bus::Cdrom,
+        data_disk: false,
+    },
+    Case {
+        name: "vbox",
+        what: "VirtualBox-like: i440fx, SeaBIOS, AHCI CD + AHCI data disk, e1000",
+        chipset: "pc",
+        uefi: false,
+        secure_boot: false,
+        nic: "e1000",
+        no_defaults: false,
+        medium: "ferry.iso",
+        bus: Bus::Cdrom,
+        data_disk: true,
+    },
+    Case {
+        name: "hyperv2",
+        what: "Hyper-V-Gen2-like: q35, OVMF, no default devices, ISO on SCSI",
+        chipset: "q35",
+        uefi: true,
+        secure_boot: false,
+        nic: "virtio-net-pci",
+        no_defaults: true,
+        medium: "ferry.iso",
+        bus: Bus::ScsiCdrom,
+        data_disk: false,
+    },
 ];
 
 /// Boot one case and run its checks; returns (check name, result) pairs in order.
@@ -211,7 +360,8 @@ fn boot_case(home: &Path, c: &Case) -> Vec<(String, Result<String, String>)> {
         m.create(c.data_disk.then_some(3 << 30)).map_err(|e| e.to_string())?;
         let mut l = m.launch(&out_dir(), "").map_err(|e| e.to_string())?;
         l.direct = None;
-        let firmware = if c.uefi { Firmware::uefi(m.path("OVMF_VARS.fd"), c.secure_boot).map_err(|e| e.to_string())? } else { Firmware::Bios };
+        let firmware =
+            if c.uefi { Firmware::uefi(m.path("OVMF_VARS.fd"), c.secure_boot).map_err(|e| e.to_string())? } else { Firmware::Bios };
         l.hardware = Hardware { chipset: c.chipset, firmware, nic: c.nic, no_defaults: c.no_defaults };
         let mut medium = Drive::new(out_dir().join(c.medium), "raw");
         medium.bus = c.bus;
@@ -229,7 +379,10 @@ fn boot_case(home: &Path, c: &Case) -> Vec<(String, Result<String, String>)> {
     let t = Instant::now();
     let ready = wait_ping(&m, 12 * MIN);
     let ok = ready.is_ok();
-    out.push((tag(&format!("{}: boots to a running engine (/_ping over mTLS)", c.what)), ready.map(|_| format!("{:.0}s", t.elapsed().as_secs_f64()))));
+    out.push((
+        tag(&format!("{}: boots to a running engine (/_ping over mTLS)", c.what)),
+        ready.map(|_| format!("{:.0}s", t.elapsed().as_secs_f64())),
+    ));
     if !ok {
         println!("--- [{}] console ---\n{}\n---", c.name, ferry_builder::machine::console_tail(&m, 60));
         kill_qemu(&m.path("qemu.pid"));
@@ -239,30 +392,54 @@ fn boot_case(home: &Path, c: &Case) -> Vec<(String, Result<String, String>)> {
         Some(e) => e,
         None => return vec![(tag("ferry env"), Err("no exports".into()))],
     };
-    out.push((tag("docker version over mTLS (dockerd 26.x)"), contains(env.run(&["version", "--format", "{{.Server.Version}}"], None, 3 * MIN), "26.")));
+    out.push((
+        tag("docker version over mTLS (dockerd 26.x)"),
+        contains(env.run(&["version", "--format", "{{.Server.Version}}"], None, 3 * MIN), "26."),
+    ));
     let ssh = |cmd: &str| ferry(home, &["ssh", c.name, "--", cmd], 3 * MIN);
     let mode = if c.uefi { "uefi" } else { "bios" };
-    out.push((tag(&format!("guest booted through {mode} firmware, command line from the medium")), contains(ssh("(test -d /sys/firmware/efi && echo fw=uefi || echo fw=bios); cat /proc/cmdline"), &format!("fw={mode}")).and_then(|_| contains(ssh("cat /proc/cmdline"), "console=ttyS0"))));
+    out.push((
+        tag(&format!("guest booted through {mode} firmware, command line from the medium")),
+        contains(ssh("(test -d /sys/firmware/efi && echo fw=uefi || echo fw=bios); cat /proc/cmdline"), &format!("fw={mode}"))
+            .and_then(|_| contains(ssh("cat /proc/cmdline"), "console=ttyS0")),
+    ));
     if c.secure_boot {
         let sb = ssh("sudo dmesg | grep -i -e 'secure boot' -e 'locked down'; sudo sh -c 'mountpoint -q /sys/kernel/security || mount -t securityfs securityfs /sys/kernel/security; cat /sys/kernel/security/lockdown'");
-        out.push((tag("kernel reports Secure Boot on and lockdown active"), sb.and_then(|o| {
-            let on = o.contains("Secure boot enabled");
-            let locked = o.contains("[integrity]") || o.contains("[confidentiality]");
-            if on && locked { Ok(String::new()) } else { Err(o) }
-        })));
+        out.push((
+            tag("kernel reports Secure Boot on and lockdown active"),
+            sb.and_then(|o| {
+                let on = o.contains("Secure boot enabled");
+                let locked = o.contains("[integrity]") || o.contains("[confidentiality]");
+                if on && locked {
+                    Ok(String::new())
+                } else {
+                    Err(o)
+                }
+            }),
+        ));
         let mods = ssh("wc -l < /proc/modules; sudo dmesg | grep -i -e 'module verification failed' -e 'unsigned module' -e 'Lockdown:.*module' || true");
-        out.push((tag("Debian-signed modules load under lockdown, none refused"), mods.and_then(|o| {
-            let n: usize = o.lines().next().and_then(|l| l.trim().parse().ok()).unwrap_or(0);
-            if n >= 5 && o.lines().count() == 1 { Ok(format!("{n} modules")) } else { Err(o) }
-        })));
+        out.push((
+            tag("Debian-signed modules load under lockdown, none refused"),
+            mods.and_then(|o| {
+                let n: usize = o.lines().next().and_then(|l| l.trim().parse().ok()).unwrap_or(0);
+                if n >= 5 && o.lines().count() == 1 {
+                    Ok(format!("{n} modules"))
+                } else {
+                    Err(o)
+                }
+            }),
+        ));
     }
     if c.nic == "e1000" {
         out.push((tag("the NIC is an e1000"), contains(ssh("basename $(readlink /sys/class/net/eth0/device/driver)"), "e1000")));
     }
     if c.data_disk {
         // The ISO is the CD-ROM (sr0) on AHCI port 0; the format-me disk on port 1 is the first disk, sda.
-        out.push((tag("the format-me disk on AHCI is formatted and holds /var/lib"), contains(ssh("grep ' /var/lib ' /proc/mounts"), "/dev/sda1 /var/lib ext4")
-            .and_then(|_| console_has(&m, &["disk: formatting /dev/sda", "disk: userdata read from /dev/sda"]))));
+        out.push((
+            tag("the format-me disk on AHCI is formatted and holds /var/lib"),
+            contains(ssh("grep ' /var/lib ' /proc/mounts"), "/dev/sda1 /var/lib ext4")
+                .and_then(|_| console_has(&m, &["disk: formatting /dev/sda", "disk: userdata read from /dev/sda"])),
+        ));
     }
     kill_qemu(&m.path("qemu.pid"));
     out

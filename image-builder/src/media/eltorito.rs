@@ -7,7 +7,11 @@
 /// last thing in the volume, so that is exactly the image).
 pub fn efi_sector_count(bytes: u64) -> u16 {
     let sectors = bytes.div_ceil(512);
-    if sectors <= 0xFFFF { sectors as u16 } else { 0 }
+    if sectors <= 0xFFFF {
+        sectors as u16
+    } else {
+        0
+    }
 }
 
 /// A 2 KiB boot catalog: validation entry (x86), the default entry (ISOLINUX, no emulation, 4 sectors), and

@@ -206,7 +206,8 @@ fn insert(root: &mut Dir, path: &str, index: usize) -> Result<()> {
 }
 
 fn check_name(name: &str, path: &str) -> Result<()> {
-    let bad = name.chars().any(|c| c < ' ' || "\"*/:<>?\\|".contains(c)) || name == "." || name == ".." || name.encode_utf16().count() > 255;
+    let bad =
+        name.chars().any(|c| c < ' ' || "\"*/:<>?\\|".contains(c)) || name == "." || name == ".." || name.encode_utf16().count() > 255;
     if bad {
         return Err(Error::msg(format!("FAT: {path:?}: {name:?} is not a valid FAT long name")));
     }
@@ -215,7 +216,11 @@ fn check_name(name: &str, path: &str) -> Result<()> {
 
 /// How many 32-byte entries a name takes (long-name entries + the short one).
 fn entries_for(name: &str) -> usize {
-    if short_only(name).is_some() { 1 } else { 1 + name.encode_utf16().count().div_ceil(13) }
+    if short_only(name).is_some() {
+        1
+    } else {
+        1 + name.encode_utf16().count().div_ceil(13)
+    }
 }
 
 fn size_dirs(d: &mut Dir, is_root: bool) -> Result<()> {
@@ -282,7 +287,10 @@ fn write_subdirs(d: &Dir, self_cluster: u32, c: &Ctx, img: &mut [u8], at: &dyn F
         dot[0] = b'.';
         let mut dotdot = dot;
         dotdot[1] = b'.';
-        let mut bytes = vec![short_entry(&dot, 0x10, sub.first_cluster, 0, 0, c.date, c.time), short_entry(&dotdot, 0x10, self_cluster, 0, 0, c.date, c.time)];
+        let mut bytes = vec![
+            short_entry(&dot, 0x10, sub.first_cluster, 0, 0, c.date, c.time),
+            short_entry(&dotdot, 0x10, self_cluster, 0, 0, c.date, c.time),
+        ];
         bytes.extend(dir_entries(sub, c));
         let bytes = bytes.concat();
         let off = at(sub.first_cluster);
@@ -297,7 +305,11 @@ fn short_only(name: &str) -> Option<[u8; 11]> {
         Some((b, e)) => (b, e),
         None => (name, ""),
     };
-    let ok = |s: &str, max: usize| !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b"!#$%&'()-@^_`{}~".contains(&b));
+    let ok = |s: &str, max: usize| {
+        !s.is_empty()
+            && s.len() <= max
+            && s.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b"!#$%&'()-@^_`{}~".contains(&b))
+    };
     if !ok(base, 8) || !(ext.is_empty() || ok(ext, 3)) || (name.contains('.') && ext.is_empty()) {
         return None;
     }
@@ -309,7 +321,9 @@ fn short_only(name: &str) -> Option<[u8; 11]> {
 
 /// The short alias of a long name: BASE~N.EXT from its upper-cased legal characters.
 fn alias(name: &str, taken: &std::collections::HashSet<[u8; 11]>) -> [u8; 11] {
-    let legal = |s: &str| -> Vec<u8> { s.bytes().filter(|b| b.is_ascii_alphanumeric() || b"!#$%&'()-@^_`{}~".contains(b)).map(|b| b.to_ascii_uppercase()).collect() };
+    let legal = |s: &str| -> Vec<u8> {
+        s.bytes().filter(|b| b.is_ascii_alphanumeric() || b"!#$%&'()-@^_`{}~".contains(b)).map(|b| b.to_ascii_uppercase()).collect()
+    };
     let (base, ext) = match name.rsplit_once('.') {
         Some((b, e)) if !b.is_empty() => (legal(b), legal(e)),
         _ => (legal(name), Vec::new()),
@@ -508,8 +522,17 @@ mod tests {
     fn read_back(img: &Image, name: &str, path: &str) -> String {
         let f = std::env::temp_dir().join(format!("ferry-fat-{}-{name}.img", std::process::id()));
         std::fs::write(&f, &img.bytes).unwrap();
-        let fsck = std::process::Command::new("fsck.fat").arg("-n").arg(&f).output().expect("fsck.fat (apt-get install dosfstools; ./ferry installs it)");
-        let mtype = std::process::Command::new("mtype").arg("-i").arg(&f).arg(format!("::/{path}")).output().expect("mtype (apt-get install mtools; ./ferry installs it)");
+        let fsck = std::process::Command::new("fsck.fat")
+            .arg("-n")
+            .arg(&f)
+            .output()
+            .expect("fsck.fat (apt-get install dosfstools; ./ferry installs it)");
+        let mtype = std::process::Command::new("mtype")
+            .arg("-i")
+            .arg(&f)
+            .arg(format!("::/{path}"))
+            .output()
+            .expect("mtype (apt-get install mtools; ./ferry installs it)");
         let _ = std::fs::remove_file(&f);
         assert!(fsck.status.success(), "fsck.fat: {}{}", String::from_utf8_lossy(&fsck.stdout), String::from_utf8_lossy(&fsck.stderr));
         assert!(mtype.status.success(), "mtype {path}: {}", String::from_utf8_lossy(&mtype.stderr));

@@ -237,7 +237,8 @@ fn fill(dst: &mut [u8], s: &str) {
 pub fn write(tree: &Tree, plan: &Plan, blobs: &[&[u8]]) -> Result<Vec<u8>> {
     let all = dirs(tree)?;
     let order = table_order(&all);
-    let t = time::OffsetDateTime::from_unix_timestamp(tree.epoch).map_err(|e| Error::msg(format!("ISO 9660: SOURCE_DATE_EPOCH {}: {e}", tree.epoch)))?;
+    let t = time::OffsetDateTime::from_unix_timestamp(tree.epoch)
+        .map_err(|e| Error::msg(format!("ISO 9660: SOURCE_DATE_EPOCH {}: {e}", tree.epoch)))?;
     if !(1900..2155).contains(&t.year()) {
         return Err(Error::msg(format!("ISO 9660: SOURCE_DATE_EPOCH {} is outside the years ISO 9660 can record", tree.epoch)));
     }

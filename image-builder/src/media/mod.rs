@@ -36,7 +36,11 @@ pub fn cmdline(media_dir: &Path) -> Result<String> {
     let lines = util::read_data_file(&media_dir.join("cmdline.txt"))?;
     match lines.as_slice() {
         [one] => Ok(one.clone()),
-        _ => Err(Error::msg(format!("{}: expected exactly one command line, found {}", media_dir.join("cmdline.txt").display(), lines.len()))),
+        _ => Err(Error::msg(format!(
+            "{}: expected exactly one command line, found {}",
+            media_dir.join("cmdline.txt").display(),
+            lines.len()
+        ))),
     }
 }
 
@@ -57,7 +61,11 @@ pub fn boot_files(media_dir: &Path, tree: &Path, version: &str) -> Result<BootFi
         };
         let from = tree.join(src);
         let data = std::fs::read(&from).map_err(|e| {
-            Error::msg(format!("boot file {src} (for {place}) is missing from the extracted boot packages in {}: {e}; check {}", tree.display(), media_dir.join("packages.txt").display()))
+            Error::msg(format!(
+                "boot file {src} (for {place}) is missing from the extracted boot packages in {}: {e}; check {}",
+                tree.display(),
+                media_dir.join("packages.txt").display()
+            ))
         })?;
         if data.is_empty() {
             return Err(Error::msg(format!("boot file {} (for {place}) is empty", from.display())));
@@ -111,7 +119,12 @@ pub fn assemble(b: &BootFiles, vmlinuz: &[u8], initrd: &[u8], version: &str, epo
     let mut parts: Vec<(&str, u64)> = vec![("vmlinuz", vmlinuz.len() as u64), ("initrd.img", initrd.len() as u64)];
     parts.extend(b.esp.iter().map(|(p, d)| (p.as_str(), d.len() as u64)));
     check_esp_size(&parts, ESP_MAX)?;
-    let isolinux = b.iso.iter().find(|(p, _)| p == "ISOLINUX/ISOLINUX.BIN").map(|(_, d)| d.clone()).ok_or_else(|| Error::msg("media: no ISOLINUX/ISOLINUX.BIN in image-builder/media/files.txt".to_string()))?;
+    let isolinux = b
+        .iso
+        .iter()
+        .find(|(p, _)| p == "ISOLINUX/ISOLINUX.BIN")
+        .map(|(_, d)| d.clone())
+        .ok_or_else(|| Error::msg("media: no ISOLINUX/ISOLINUX.BIN in image-builder/media/files.txt".to_string()))?;
     if !eltorito::is_hybrid_capable(&isolinux) {
         return Err(Error::msg("media: isolinux.bin lacks the isohybrid signature at byte 0x40 (not syslinux ≥ 3.72?)".to_string()));
     }

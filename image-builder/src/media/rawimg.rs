@@ -19,7 +19,13 @@ pub fn build(esp: &[u8], seed: &[u8; 32]) -> Result<Vec<u8>> {
     let table = Table {
         disk_guid: gpt::v4(disk_guid),
         sectors,
-        partitions: vec![Partition { type_guid: gpt::EFI_SYSTEM, unique: gpt::v4(part_guid), first_lba: ALIGN, last_lba: ALIGN + esp_sectors - 1, name: "EFI system partition".into() }],
+        partitions: vec![Partition {
+            type_guid: gpt::EFI_SYSTEM,
+            unique: gpt::v4(part_guid),
+            first_lba: ALIGN,
+            last_lba: ALIGN + esp_sectors - 1,
+            name: "EFI system partition".into(),
+        }],
     };
     let mut img = vec![0u8; (sectors * SECTOR) as usize];
     img[..SECTOR as usize].copy_from_slice(&table.protective_mbr(&[]));

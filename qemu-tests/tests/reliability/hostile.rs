@@ -56,7 +56,11 @@ fn make_foreign(d: &Path, m: &ferry_builder::machine::Machine) -> Result<Vec<(St
     run(Command::new("xorriso").args(["-as", "mkisofs", "-quiet", "-V", "OTHERISO", "-o"]).arg(&iso).arg(&iso_dir), None, MIN)?;
     v.push(("an ISO 9660 image".into(), iso, "data that is not Ferry's".into()));
     let random = d.join("random.img");
-    run(Command::new("dd").args(["if=/dev/urandom", "bs=1M", "count=8", "status=none"]).arg(format!("of={}", random.display())), None, MIN)?;
+    run(
+        Command::new("dd").args(["if=/dev/urandom", "bs=1M", "count=8", "status=none"]).arg(format!("of={}", random.display())),
+        None,
+        MIN,
+    )?;
     v.push(("random bytes".into(), random, "data that is not Ferry's".into()));
     // The magic string, but not at byte 0: not a format-me disk.
     let shifted = blank(&d.join("shifted-magic.img"), 64)?;
@@ -65,7 +69,14 @@ fn make_foreign(d: &Path, m: &ferry_builder::machine::Machine) -> Result<Vec<(St
     // A real format-me disk (the machine's key), attached read-only: chosen, refused, left alone.
     let ro = d.join("readonly-magic.img");
     let key = std::fs::read(m.path("id_ed25519.pub")).map_err(|e| e.to_string())?;
-    ferry_builder::disk::create(&ferry_builder::disk::Spec { path: ro.clone(), bytes: 2 << 30, format: ferry_builder::disk::Format::Raw, ssh_pub: Some(key), tls: None }).map_err(|e| e.to_string())?;
+    ferry_builder::disk::create(&ferry_builder::disk::Spec {
+        path: ro.clone(),
+        bytes: 2 << 30,
+        format: ferry_builder::disk::Format::Raw,
+        ssh_pub: Some(key),
+        tls: None,
+    })
+    .map_err(|e| e.to_string())?;
     v.push(("a read-only format-me disk".into(), ro, "is read-only; cannot format it".into()));
     Ok(v)
 }
@@ -85,12 +96,22 @@ fn disks_cmdline_fwcfg(o: &Shared, home: &Path) {
         m.create(None).map_err(|e| e.to_string())?;
         let disks = make_foreign(&home.join("hostile-disks"), &m)?;
         let garbage = home.join("garbage-userdata.bin");
-        std::fs::write(&garbage, b"\x7fELF this is not a tar archive at all, just bytes on the fw_cfg channel\n".repeat(40)).map_err(|e| e.to_string())?;
+        std::fs::write(&garbage, b"\x7fELF this is not a tar archive at all, just bytes on the fw_cfg channel\n".repeat(40))
+            .map_err(|e| e.to_string())?;
         let long_opt = format!("ferry.hostname={}", "x".repeat(300));
         let opts: Vec<&str> = CMDLINE.iter().map(|(k, _)| *k).collect();
         let mut l = m.launch(&out_dir(), &format!("{BASE} {} {long_opt}", opts.join(" "))).map_err(|e| e.to_string())?;
         l.fw_cfg_userdata = Some(garbage);
-        l.disks = disks.iter().map(|(_, p, _)| Drive { path: p.clone(), format: "raw".into(), bus: Bus::Virtio, read_only: p.ends_with("readonly-magic.img"), snapshot: false }).collect();
+        l.disks = disks
+            .iter()
+            .map(|(_, p, _)| Drive {
+                path: p.clone(),
+                format: "raw".into(),
+                bus: Bus::Virtio,
+                read_only: p.ends_with("readonly-magic.img"),
+                snapshot: false,
+            })
+            .collect();
         let before: Vec<Option<String>> = disks.iter().map(|(_, p, _)| sha256_file(p)).collect();
         l.start().map_err(|e| e.to_string())?;
         Ok((m, disks, before))
@@ -103,7 +124,12 @@ fn disks_cmdline_fwcfg(o: &Shared, home: &Path) {
         }
     };
     let ready = wait_ready(&m, 12 * MIN);
-    let ok_ready = add(o, HOSTILE, "9 hostile disks, garbage fw_cfg userdata and absurd command-line values in one boot: engine ready", ready.map(|s| format!("{s:.0}s")));
+    let ok_ready = add(
+        o,
+        HOSTILE,
+        "9 hostile disks, garbage fw_cfg userdata and absurd command-line values in one boot: engine ready",
+        ready.map(|s| format!("{s:.0}s")),
+    );
     // The appliance answers ssh with the read-only disk's key (its payload is used for this boot).
     let alive = ok_ready && retry(3 * MIN, || ssh(home, "hostile-disks", "echo alive")).is_ok();
     let _ = ferry(home, &["stop", "hostile-disks"], 3 * MIN);
@@ -112,21 +138,41 @@ fn disks_cmdline_fwcfg(o: &Shared, home: &Path) {
     let passed_over = c.matches("not Ferry's, never written").count();
     for (i, (name, p, text)) in disks.iter().enumerate() {
         let case = format!("disk: {name}: named, passed over, byte-identical");
-        add(o, HOSTILE, &case, (|| {
-            text_has(&c, &[text])?;
-            if sha256_file(p) != before[i] || before[i].is_none() {
-                return Err(format!("{} changed", p.display()));
-            }
-            Ok(String::new())
-        })());
+        add(
+            o,
+            HOSTILE,
+            &case,
+            (|| {
+                text_has(&c, &[text])?;
+                if sha256_file(p) != before[i] || before[i].is_none() {
+                    return Err(format!("{} changed", p.display()));
+                }
+                Ok(String::new())
+            })(),
+        );
     }
-    add(o, HOSTILE, "all 8 foreign disks named on the console", if passed_over == 8 { Ok("8 \"never written\" lines".into()) } else { Err(format!("{passed_over} \"never written\" lines")) });
-    add(o, HOSTILE, "read-only format-me disk: the appliance runs from RAM with its keys (ssh works)", if alive { text_has(&c, &["running from RAM"]) } else { Err("ssh did not answer".into()) });
+    add(
+        o,
+        HOSTILE,
+        "all 8 foreign disks named on the console",
+        if passed_over == 8 { Ok("8 \"never written\" lines".into()) } else { Err(format!("{passed_over} \"never written\" lines")) },
+    );
+    add(
+        o,
+        HOSTILE,
+        "read-only format-me disk: the appliance runs from RAM with its keys (ssh works)",
+        if alive { text_has(&c, &["running from RAM"]) } else { Err("ssh did not answer".into()) },
+    );
     add(o, HOSTILE, "garbage on the fw_cfg channel: named, ignored", text_has(&c, &["opt/ferry/userdata.tar", "continuing without it"]));
     for (opt, text) in CMDLINE {
         add(o, HOSTILE, &format!("kernel command line {opt}: named, ignored"), text_has(&c, &[text]));
     }
-    add(o, HOSTILE, "kernel command line ferry.hostname=<300 characters>: named, ignored", text_has(&c, &["ignoring ferry.hostname=\"xxxxxxxx"]));
+    add(
+        o,
+        HOSTILE,
+        "kernel command line ferry.hostname=<300 characters>: named, ignored",
+        text_has(&c, &["ignoring ferry.hostname=\"xxxxxxxx"]),
+    );
     let _ = std::fs::remove_dir_all(home.join("hostile-disks"));
 }
 
@@ -159,7 +205,11 @@ fn userdata_variants() -> Vec<Variant> {
     not_tar.truncate(1024);
     not_tar.extend_from_slice(&b"PK\x03\x04 this is a zip, not a tar ".repeat(30));
     vec![
-        Variant { name: "a path with ..", tar: with_entry("../../etc/ferry-pwned", b"x"), says: "refusing unsafe path \"../../etc/ferry-pwned\"" },
+        Variant {
+            name: "a path with ..",
+            tar: with_entry("../../etc/ferry-pwned", b"x"),
+            says: "refusing unsafe path \"../../etc/ferry-pwned\"",
+        },
         Variant { name: "an absolute path", tar: with_entry("/etc/ferry-pwned", b"x"), says: "refusing unsafe path" },
         Variant { name: "a symlink to /etc/shadow", tar: typed(b'2', "/etc/shadow"), says: "refusing link" },
         Variant { name: "a hardlink to /etc/shadow", tar: typed(b'1', "/etc/shadow"), says: "refusing link" },
@@ -183,7 +233,12 @@ fn userdata_boot(o: &Shared, home: &Path, i: usize, v: &Variant, bad_pem: bool) 
         let key = std::fs::read(m.path("id_ed25519.pub")).map_err(|e| e.to_string())?;
         let mut entries = vec![dir(".ssh", 0o700), file(".ssh/authorized_keys", 0o644, key)];
         if bad_pem {
-            entries.extend([dir("tls", 0o700), file("tls/ca.pem", 0o644, b"-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n".to_vec()), file("tls/server.pem", 0o644, b"garbage".to_vec()), file("tls/server-key.pem", 0o600, b"garbage".to_vec())]);
+            entries.extend([
+                dir("tls", 0o700),
+                file("tls/ca.pem", 0o644, b"-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n".to_vec()),
+                file("tls/server.pem", 0o644, b"garbage".to_vec()),
+                file("tls/server-key.pem", 0o600, b"garbage".to_vec()),
+            ]);
         }
         let fw = home.join(&format!("{name}-fwcfg.tar"));
         std::fs::write(&fw, write(&entries)).map_err(|e| e.to_string())?;
@@ -193,7 +248,9 @@ fn userdata_boot(o: &Shared, home: &Path, i: usize, v: &Variant, bad_pem: bool) 
         let s = wait_ready(&m, 12 * MIN)?;
         let c = console(&m);
         text_has(&c, &[v.says, "formatting without userdata"])?;
-        let inside = retry(3 * MIN, || ssh(home, &name, "test -e /etc/ferry-pwned && echo PWNED; sudo find /home/docker \\( -type l -o -type p -o -type c \\) | sed 's/^/ODD /'; grep -c ' /mnt/vda1 ' /proc/mounts"))?;
+        let inside = retry(3 * MIN, || {
+            ssh(home, &name, "test -e /etc/ferry-pwned && echo PWNED; sudo find /home/docker \\( -type l -o -type p -o -type c \\) | sed 's/^/ODD /'; grep -c ' /mnt/vda1 ' /proc/mounts")
+        })?;
         if inside.contains("PWNED") || inside.contains("ODD ") {
             return Err(format!("found inside: {}", inside.trim()));
         }

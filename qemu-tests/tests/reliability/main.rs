@@ -63,7 +63,12 @@ impl Counts {
     fn from_env() -> Counts {
         let full = std::env::var("FERRY_RELIABILITY").is_ok_and(|v| v == "full");
         let n = |k: &str, ci: usize, all: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(if full { all } else { ci });
-        Counts { cuts: n("FERRY_CUTS", 2, 50), load_cuts: n("FERRY_LOAD_CUTS", 1, 20), restarts: n("FERRY_RESTARTS", 30, 100), all_hostile: full }
+        Counts {
+            cuts: n("FERRY_CUTS", 2, 50),
+            load_cuts: n("FERRY_LOAD_CUTS", 1, 20),
+            restarts: n("FERRY_RESTARTS", 30, 100),
+            all_hostile: full,
+        }
     }
 }
 
@@ -88,9 +93,10 @@ impl Rng {
 
 fn main() {
     let counts = Counts::from_env();
-    let seed: u64 = std::env::var("FERRY_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
-    });
+    let seed: u64 = std::env::var("FERRY_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1));
     println!(
         "reliability: Ferry under QEMU ({}), ferry = {}; {} first-boot cuts, {} cuts under load, {} restarts, {} hostile boots; FERRY_SEED={seed}",
         ferry_builder::qemu::accel(),
@@ -126,7 +132,10 @@ fn main() {
     cuts.report(&o);
 
     let mut g = o.lock().unwrap_or_else(|p| p.into_inner());
-    println!("\nReliability table ({} s, FERRY_SEED={seed})\n\n| section | case | result | measured |\n|---|---|---|---|", started.elapsed().as_secs());
+    println!(
+        "\nReliability table ({} s, FERRY_SEED={seed})\n\n| section | case | result | measured |\n|---|---|---|---|",
+        started.elapsed().as_secs()
+    );
     for s in SECTIONS {
         for (sec, case, outcome, detail) in g.rows.iter().filter(|row| row.0 == s) {
             println!("| {sec} | {case} | {outcome} | {} |", detail.replace('|', "/"));
@@ -175,7 +184,11 @@ wait_new() { t=0; while [ $t -lt 600 ]; do n=$($1); [ -n "$n" ] && [ "$n" != "$2
 /// Run `body` as root in machine `name` (`sudo sh -s` over ssh), with HELPERS defined.
 pub fn root_sh(home: &Path, name: &str, body: &str, timeout: Duration) -> Result<String, String> {
     let text = format!("{HELPERS}\n{body}\n");
-    run(std::process::Command::new(ferry_bin()).args(["ssh", name, "--", "sudo sh -s"]).env("FERRY_HOME", home), Some(text.as_bytes()), timeout)
+    run(
+        std::process::Command::new(ferry_bin()).args(["ssh", name, "--", "sudo sh -s"]).env("FERRY_HOME", home),
+        Some(text.as_bytes()),
+        timeout,
+    )
 }
 
 /// A sparse file of `mib` MiB (a disk image to fill in).

@@ -19,7 +19,11 @@ const FIRST_BOOT_END: f64 = 75.0;
 
 /// The last boot phase the console shows (where the cut landed).
 fn last_phase(c: &str) -> String {
-    c.lines().rev().find(|l| l.starts_with("ferry")).map(|l| l.trim().chars().take(70).collect()).unwrap_or_else(|| "kernel (no init line yet)".into())
+    c.lines()
+        .rev()
+        .find(|l| l.starts_with("ferry"))
+        .map(|l| l.trim().chars().take(70).collect())
+        .unwrap_or_else(|| "kernel (no init line yet)".into())
 }
 
 /// The first-boot cuts, shared by both lanes: each lane takes the next cut when its own cases are done,
@@ -83,12 +87,18 @@ impl FirstBootCuts {
         }
         kill_qemu(&m.path("qemu.pid"));
         let c = console(&m);
-        let cut = format!("cut at {:.1}s, {}", t.elapsed().as_secs_f64(), if c.contains("engine ready") { "after engine ready".into() } else { format!("during {:?}", last_phase(&c)) });
+        let cut = format!(
+            "cut at {:.1}s, {}",
+            t.elapsed().as_secs_f64(),
+            if c.contains("engine ready") { "after engine ready".into() } else { format!("during {:?}", last_phase(&c)) }
+        );
         let t = Instant::now();
         up(home, name).map_err(|e| format!("{cut}; next boot: {e}"))?;
         self.measured_boot(t.elapsed().as_secs_f64());
         let key = std::fs::read_to_string(m.path("id_ed25519.pub")).map_err(|e| e.to_string())?;
-        let got = ssh(home, name, "grep ' /mnt/vda1 ext4 ' /proc/mounts && sudo e2label /dev/vda1 && cat /home/docker/.ssh/authorized_keys").map_err(|e| format!("{cut}; {e}"))?;
+        let got =
+            ssh(home, name, "grep ' /mnt/vda1 ext4 ' /proc/mounts && sudo e2label /dev/vda1 && cat /home/docker/.ssh/authorized_keys")
+                .map_err(|e| format!("{cut}; {e}"))?;
         if !got.contains("boot2docker-data") || !got.contains(key.trim()) {
             return Err(format!("{cut}; after the next boot: {}", got.trim()));
         }
@@ -174,7 +184,11 @@ pub fn under_load(o: &Shared, home: &Path, n: usize, rng: &mut Rng) {
             let (acked, secs) = write_and_cut(&env, &m, run, rng)?;
             let cut = format!("cut after {secs:.1}s of writing, {acked} files acknowledged");
             env = up(home, "rel").map_err(|e| format!("{cut}; next boot: {e}"))?;
-            let v = env.run(&["run", "--rm", "-v", "load:/d", "ferry-busybox:test", "busybox", "sh", "-c", &verify_script(run, acked)], None, 5 * MIN)?;
+            let v = env.run(
+                &["run", "--rm", "-v", "load:/d", "ferry-busybox:test", "busybox", "sh", "-c", &verify_script(run, acked)],
+                None,
+                5 * MIN,
+            )?;
             if !v.contains(&format!("checked {acked} bad 0")) {
                 return Err(format!("{cut}; lost or damaged: {}", v.trim()));
             }

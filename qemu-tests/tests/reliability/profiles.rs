@@ -28,8 +28,18 @@ fn profiles() -> Vec<Hostile> {
     vec![
         Hostile { name: "`exit 1`", text: "exit 1\n".into(), says: &["failed (exit status: 1)", "with the defaults"], check: "echo ok" },
         Hostile { name: "a syntax error", text: "if then fi (\n".into(), says: &["Syntax error", "with the defaults"], check: "echo ok" },
-        Hostile { name: "an endless loop", text: "while :; do :; done\n".into(), says: &["did not finish within 10s", "with the defaults"], check: "echo ok" },
-        Hostile { name: "endless output", text: "yes 'a profile that never stops talking'\n".into(), says: &["did not finish within 10s", "with the defaults"], check: "echo ok" },
+        Hostile {
+            name: "an endless loop",
+            text: "while :; do :; done\n".into(),
+            says: &["did not finish within 10s", "with the defaults"],
+            check: "echo ok",
+        },
+        Hostile {
+            name: "endless output",
+            text: "yes 'a profile that never stops talking'\n".into(),
+            says: &["did not finish within 10s", "with the defaults"],
+            check: "echo ok",
+        },
         Hostile {
             name: "CACERT/SERVERCERT/SERVERKEY with a key that does not match its certificate",
             text: format!("CACERT={tls}/ca.pem\nSERVERCERT={tls}/server.pem\nSERVERKEY={tls}/server-key.pem\n"),
@@ -64,12 +74,20 @@ pub fn all(o: &Shared, home: &Path, then: impl FnOnce(&DockerEnv)) {
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let key = std::fs::read(m.path("id_ed25519.pub")).map_err(|e| e.to_string())?;
         let (tiny, tinier) = (dir.join("tiny.img"), dir.join("tinier.img"));
-        ferry_builder::disk::create(&ferry_builder::disk::Spec { path: tiny.clone(), bytes: 600 << 20, format: ferry_builder::disk::Format::Raw, ssh_pub: Some(key), tls: None }).map_err(|e| e.to_string())?;
+        ferry_builder::disk::create(&ferry_builder::disk::Spec {
+            path: tiny.clone(),
+            bytes: 600 << 20,
+            format: ferry_builder::disk::Format::Raw,
+            ssh_pub: Some(key),
+            tls: None,
+        })
+        .map_err(|e| e.to_string())?;
         // The magic entry alone.
         write_at(&blank(&tinier, 300)?, 0, &write(&[file(MAGIC, 0, MAGIC)]))?;
         let before = [sha256_file(&tiny), sha256_file(&tinier)];
         // The machine's userdata (keys and certificates) still comes through fw_cfg.
-        let mut l = m.launch(&out_dir(), &format!("console=ttyS0,115200 quiet panic=-1 ferry.hostname={NAME}")).map_err(|e| e.to_string())?;
+        let mut l =
+            m.launch(&out_dir(), &format!("console=ttyS0,115200 quiet panic=-1 ferry.hostname={NAME}")).map_err(|e| e.to_string())?;
         l.disks = vec![Drive::new(tiny.clone(), "raw"), Drive::new(tinier.clone(), "raw")];
         l.start().map_err(|e| e.to_string())?;
         wait_console(&m, "engine ready", 12 * MIN)?;
@@ -85,20 +103,30 @@ pub fn all(o: &Shared, home: &Path, then: impl FnOnce(&DockerEnv)) {
         }
     };
     let c = console(&m);
-    add(o, HOSTILE, "a format-me disk too small for swap + data (600 MiB): named, the appliance runs from RAM", text_has(&c, &["Ferry needs at least", "running from RAM"]));
+    add(
+        o,
+        HOSTILE,
+        "a format-me disk too small for swap + data (600 MiB): named, the appliance runs from RAM",
+        text_has(&c, &["Ferry needs at least", "running from RAM"]),
+    );
     add(o, HOSTILE, "two format-me disks: the second (300 MiB) is named and left untouched", text_has(&c, &["also a format-me disk"]));
     profiles_on(o, home, &m, &env);
     then(&env);
     let _ = ferry(home, &["stop", NAME], 3 * MIN);
     kill_qemu(&m.path("qemu.pid"));
-    add(o, HOSTILE, "both small format-me disks are byte-identical after the boot", (|| {
-        for (p, b) in disks.iter().zip(before) {
-            if b.is_none() || sha256_file(p) != b {
-                return Err(format!("{} changed", p.display()));
+    add(
+        o,
+        HOSTILE,
+        "both small format-me disks are byte-identical after the boot",
+        (|| {
+            for (p, b) in disks.iter().zip(before) {
+                if b.is_none() || sha256_file(p) != b {
+                    return Err(format!("{} changed", p.display()));
+                }
             }
-        }
-        Ok(String::new())
-    })());
+            Ok(String::new())
+        })(),
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -109,27 +137,52 @@ fn profiles_on(o: &Shared, home: &Path, m: &Machine, env: &DockerEnv) {
         let a = ferry_engine::certs::generate("localhost", &[], now).map_err(|e| e.to_string())?;
         let b = ferry_engine::certs::generate("localhost", &[], now).map_err(|e| e.to_string())?;
         let d = "/var/lib/boot2docker/mismatch";
-        Ok::<String, String>(format!("mkdir -p {d}\n{}{}{}", put(&format!("{d}/ca.pem"), &a.ca_cert), put(&format!("{d}/server.pem"), &a.server_cert), put(&format!("{d}/server-key.pem"), &b.server_key)))
+        Ok::<String, String>(format!(
+            "mkdir -p {d}\n{}{}{}",
+            put(&format!("{d}/ca.pem"), &a.ca_cert),
+            put(&format!("{d}/server.pem"), &a.server_cert),
+            put(&format!("{d}/server-key.pem"), &b.server_key)
+        ))
     })();
     for p in profiles() {
         let case = format!("hostile profile: {}: named, dockerd starts, the API answers with the machine's certificates", p.name);
-        add(o, HOSTILE, &case, (|| {
-            let mark = console(m).len();
-            let t = std::time::Instant::now();
-            let files = files.as_deref().map_err(|e| format!("test certificates: {e}"))?;
-            // The restart's reply may be an error; what counts is the console and the API afterwards.
-            let _ = sh(home, &format!("{files}{}/etc/init.d/docker restart\n", put(PROFILE, &p.text)))?;
-            retry(3 * MIN, || text_has(console(m).get(mark..).unwrap_or(""), p.says))?;
-            retry(3 * MIN, || contains(env.run(&["version", "--format", "{{.Server.Version}}"], None, MIN), "26."))?;
-            contains(sh(home, p.check), "ok")?;
-            let said = console(m).get(mark..).unwrap_or("").lines().find(|l| l.contains(p.says[0])).map(|l| l.trim().chars().take(120).collect::<String>()).unwrap_or_default();
-            Ok(format!("API back {:.0}s after the restart began; console: {said:?}", t.elapsed().as_secs_f64()))
-        })());
+        add(
+            o,
+            HOSTILE,
+            &case,
+            (|| {
+                let mark = console(m).len();
+                let t = std::time::Instant::now();
+                let files = files.as_deref().map_err(|e| format!("test certificates: {e}"))?;
+                // The restart's reply may be an error; what counts is the console and the API afterwards.
+                let _ = sh(home, &format!("{files}{}/etc/init.d/docker restart\n", put(PROFILE, &p.text)))?;
+                retry(3 * MIN, || text_has(console(m).get(mark..).unwrap_or(""), p.says))?;
+                retry(3 * MIN, || contains(env.run(&["version", "--format", "{{.Server.Version}}"], None, MIN), "26."))?;
+                contains(sh(home, p.check), "ok")?;
+                let said = console(m)
+                    .get(mark..)
+                    .unwrap_or("")
+                    .lines()
+                    .find(|l| l.contains(p.says[0]))
+                    .map(|l| l.trim().chars().take(120).collect::<String>())
+                    .unwrap_or_default();
+                Ok(format!("API back {:.0}s after the restart began; console: {said:?}", t.elapsed().as_secs_f64()))
+            })(),
+        );
     }
-    add(o, HOSTILE, "hostile profiles: the engine manager's peak memory stays bounded", (|| {
-        let _ = sh(home, &format!("rm -f {PROFILE}; /etc/init.d/docker restart\n"));
-        let out = sh(home, "grep VmHWM /proc/$(engine)/status")?;
-        let kb: u64 = out.split_whitespace().nth(1).and_then(|v| v.parse().ok()).ok_or(format!("no VmHWM in {out:?}"))?;
-        if kb > ENGINE_PEAK_KB { Err(format!("VmHWM {kb} kB")) } else { Ok(format!("VmHWM {kb} kB")) }
-    })());
+    add(
+        o,
+        HOSTILE,
+        "hostile profiles: the engine manager's peak memory stays bounded",
+        (|| {
+            let _ = sh(home, &format!("rm -f {PROFILE}; /etc/init.d/docker restart\n"));
+            let out = sh(home, "grep VmHWM /proc/$(engine)/status")?;
+            let kb: u64 = out.split_whitespace().nth(1).and_then(|v| v.parse().ok()).ok_or(format!("no VmHWM in {out:?}"))?;
+            if kb > ENGINE_PEAK_KB {
+                Err(format!("VmHWM {kb} kB"))
+            } else {
+                Ok(format!("VmHWM {kb} kB"))
+            }
+        })(),
+    );
 }

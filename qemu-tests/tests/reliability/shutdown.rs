@@ -16,38 +16,64 @@ fn start_trappers(env: &DockerEnv) -> Result<(), String> {
         if env.run(&["start", n], None, 2 * MIN).is_ok() {
             continue;
         }
-        let body = format!("trap 'echo sigterm >> /d/{n}; busybox sync /d/{n}; exit 0' TERM; echo started >> /d/{n}; while :; do busybox sleep 1; done");
+        let body = format!(
+            "trap 'echo sigterm >> /d/{n}; busybox sync /d/{n}; exit 0' TERM; echo started >> /d/{n}; while :; do busybox sleep 1; done"
+        );
         env.run(&["run", "-d", "--name", n, "-v", "term:/d", "ferry-busybox:test", "busybox", "sh", "-c", &body], None, 3 * MIN)?;
     }
     // The trap is set once the shell runs; give it a moment under TCG.
-    retry(MIN, || contains(env.run(&["run", "--rm", "-v", "term:/d", "ferry-busybox:test", "busybox", "cat", "/d/trap1", "/d/trap2"], None, MIN), "started"))?;
+    retry(MIN, || {
+        contains(
+            env.run(&["run", "--rm", "-v", "term:/d", "ferry-busybox:test", "busybox", "cat", "/d/trap1", "/d/trap2"], None, MIN),
+            "started",
+        )
+    })?;
     Ok(())
 }
 
 /// After a shutdown: the data filesystem mounted without recovery; both containers got SIGTERM `round`
 /// times in all and exited 0.
 fn check_after(o: &Shared, home: &Path, env: &DockerEnv, how: &str, round: usize, boot: Duration) {
-    add(o, SHUTDOWN, &format!("after {how}: the data filesystem mounts clean (no journal recovery)"), (|| {
-        let d = ssh(home, "rel", "sudo dmesg | grep 'EXT4-fs (vda1)'")?;
-        if d.contains("recover") || d.contains("orphan") || d.contains("error") {
-            return Err(format!("kernel: {}", d.trim()));
-        }
-        let mounted = d.lines().last().unwrap_or("").split("]").last().unwrap_or("").trim().to_string();
-        Ok(format!("boot to engine ready {:.0}s; {mounted}", boot.as_secs_f64()))
-    })());
-    add(o, SHUTDOWN, &format!("after {how}: both containers got SIGTERM and exited 0"), (|| {
-        let logs = env.run(&["run", "--rm", "-v", "term:/d", "ferry-busybox:test", "busybox", "cat", "/d/trap1", "/d/trap2"], None, 2 * MIN)?;
-        let n = logs.matches("sigterm").count();
-        let codes = env.run(&["inspect", "-f", "{{.State.ExitCode}}", TRAPPERS[0], TRAPPERS[1]], None, MIN)?;
-        if n != 2 * round || codes.split_whitespace().any(|c| c != "0") {
-            return Err(format!("{n} SIGTERMs logged (want {}), exit codes {}", 2 * round, codes.split_whitespace().collect::<Vec<_>>().join(",")));
-        }
-        Ok(format!("{n} SIGTERMs logged so far, exit codes 0"))
-    })());
+    add(
+        o,
+        SHUTDOWN,
+        &format!("after {how}: the data filesystem mounts clean (no journal recovery)"),
+        (|| {
+            let d = ssh(home, "rel", "sudo dmesg | grep 'EXT4-fs (vda1)'")?;
+            if d.contains("recover") || d.contains("orphan") || d.contains("error") {
+                return Err(format!("kernel: {}", d.trim()));
+            }
+            let mounted = d.lines().last().unwrap_or("").split("]").last().unwrap_or("").trim().to_string();
+            Ok(format!("boot to engine ready {:.0}s; {mounted}", boot.as_secs_f64()))
+        })(),
+    );
+    add(
+        o,
+        SHUTDOWN,
+        &format!("after {how}: both containers got SIGTERM and exited 0"),
+        (|| {
+            let logs =
+                env.run(&["run", "--rm", "-v", "term:/d", "ferry-busybox:test", "busybox", "cat", "/d/trap1", "/d/trap2"], None, 2 * MIN)?;
+            let n = logs.matches("sigterm").count();
+            let codes = env.run(&["inspect", "-f", "{{.State.ExitCode}}", TRAPPERS[0], TRAPPERS[1]], None, MIN)?;
+            if n != 2 * round || codes.split_whitespace().any(|c| c != "0") {
+                return Err(format!(
+                    "{n} SIGTERMs logged (want {}), exit codes {}",
+                    2 * round,
+                    codes.split_whitespace().collect::<Vec<_>>().join(",")
+                ));
+            }
+            Ok(format!("{n} SIGTERMs logged so far, exit codes 0"))
+        })(),
+    );
 }
 
 fn within(took: Duration) -> Result<String, String> {
-    if took <= LIMIT { Ok(format!("{:.1}s", took.as_secs_f64())) } else { Err(format!("took {:.1}s", took.as_secs_f64())) }
+    if took <= LIMIT {
+        Ok(format!("{:.1}s", took.as_secs_f64()))
+    } else {
+        Err(format!("took {:.1}s", took.as_secs_f64()))
+    }
 }
 
 /// Returns true when the machine is up again (third boot) for the power cuts under load.

@@ -28,15 +28,20 @@ pub fn kill_and_recover(o: &Shared, home: &Path, env: &DockerEnv, restarts: usiz
             return;
         }
     };
-    add(o, SUPERVISION, "dockerd killed (SIGKILL): the engine manager restarts it with back-off, the API recovers", (|| {
-        let mark = console(&m).len();
-        let t = Instant::now();
-        script(home, "kill -9 $(cat /var/run/docker.pid)", 2 * MIN)?;
-        let back = api_back(env, t)?;
-        let lines = exits_since(&console(&m), mark, "dockerd exited");
-        let line = lines.first().ok_or("the console does not say that dockerd exited")?;
-        Ok(format!("API back after {back:.0}s; console: {line:?}"))
-    })());
+    add(
+        o,
+        SUPERVISION,
+        "dockerd killed (SIGKILL): the engine manager restarts it with back-off, the API recovers",
+        (|| {
+            let mark = console(&m).len();
+            let t = Instant::now();
+            script(home, "kill -9 $(cat /var/run/docker.pid)", 2 * MIN)?;
+            let back = api_back(env, t)?;
+            let lines = exits_since(&console(&m), mark, "dockerd exited");
+            let line = lines.first().ok_or("the console does not say that dockerd exited")?;
+            Ok(format!("API back after {back:.0}s; console: {line:?}"))
+        })(),
+    );
 
     let survivor = (|| {
         busybox_image(env)?;
@@ -46,45 +51,74 @@ pub fn kill_and_recover(o: &Shared, home: &Path, env: &DockerEnv, restarts: usiz
     let still_running = |what: &str| -> Result<(), String> {
         let was = survivor.clone().map_err(|e| format!("no container to watch: {e}"))?;
         let now = env.run(&["inspect", "-f", "{{.State.Running}} {{.State.StartedAt}}", "survivor"], None, MIN)?;
-        if now.trim() == format!("true {was}") { Ok(()) } else { Err(format!("the container did not survive {what}: {}", now.trim())) }
+        if now.trim() == format!("true {was}") {
+            Ok(())
+        } else {
+            Err(format!("the container did not survive {what}: {}", now.trim()))
+        }
     };
-    add(o, SUPERVISION, "engine manager killed: init restarts it, it adopts the running dockerd, containers keep running", (|| {
-        let mark = console(&m).len();
-        let t = Instant::now();
-        script(home, "kill -9 $(engine)", 2 * MIN)?;
-        let back = api_back(env, t)?;
-        let c = console(&m);
-        let line = exits_since(&c, mark, "service engine exited").into_iter().next().ok_or("the console does not say that the engine manager exited")?;
-        if !c[mark..].contains("adopted dockerd") {
-            return Err("the new engine manager did not adopt dockerd".into());
-        }
-        still_running("the engine manager's restart")?;
-        Ok(format!("API back after {back:.1}s; console: {line:?}"))
-    })());
-    add(o, SUPERVISION, "sshd killed: init restarts it, ssh works again", (|| {
-        let mark = console(&m).len();
-        let t = Instant::now();
-        script(home, "kill -9 $(sshd)", 2 * MIN)?;
-        retry(3 * MIN, || ferry(home, &["ssh", "rel", "--", "echo back"], MIN))?;
-        let line = exits_since(&console(&m), mark, "service sshd exited").into_iter().next().ok_or("the console does not say that sshd exited")?;
-        Ok(format!("ssh back after {:.1}s; console: {line:?}", t.elapsed().as_secs_f64()))
-    })());
-    add(o, SUPERVISION, "sshd killed twice in a row: the second restart waits longer (back-off)", (|| {
-        let mark = console(&m).len();
-        script(home, "old=$(sshd); kill -9 $old; new=$(wait_new sshd $old) && kill -9 $new", 3 * MIN)?;
-        retry(3 * MIN, || ferry(home, &["ssh", "rel", "--", "echo back"], MIN))?;
-        let lines = exits_since(&console(&m), mark, "service sshd exited");
-        let delays: Vec<&str> = lines.iter().filter_map(|l| l.rsplit("restarting in ").next()).collect();
-        match delays.as_slice() {
-            [a, b, ..] if a != b => Ok(format!("delays {a} then {b}")),
-            _ => Err(format!("expected two growing delays, console: {lines:?}")),
-        }
-    })());
-    add(o, SUPERVISION, &format!("{restarts} restarts (engine manager and sshd in turn): all come back, init's memory stays flat"), (|| {
-        let mark = console(&m).len();
-        // Each service runs at least 7 s before it is killed again, so every restart is a 1 s one.
-        let body = format!(
-            r#"echo "rss0 $(rss)"; se=0; ss=0; i=0
+    add(
+        o,
+        SUPERVISION,
+        "engine manager killed: init restarts it, it adopts the running dockerd, containers keep running",
+        (|| {
+            let mark = console(&m).len();
+            let t = Instant::now();
+            script(home, "kill -9 $(engine)", 2 * MIN)?;
+            let back = api_back(env, t)?;
+            let c = console(&m);
+            let line = exits_since(&c, mark, "service engine exited")
+                .into_iter()
+                .next()
+                .ok_or("the console does not say that the engine manager exited")?;
+            if !c[mark..].contains("adopted dockerd") {
+                return Err("the new engine manager did not adopt dockerd".into());
+            }
+            still_running("the engine manager's restart")?;
+            Ok(format!("API back after {back:.1}s; console: {line:?}"))
+        })(),
+    );
+    add(
+        o,
+        SUPERVISION,
+        "sshd killed: init restarts it, ssh works again",
+        (|| {
+            let mark = console(&m).len();
+            let t = Instant::now();
+            script(home, "kill -9 $(sshd)", 2 * MIN)?;
+            retry(3 * MIN, || ferry(home, &["ssh", "rel", "--", "echo back"], MIN))?;
+            let line = exits_since(&console(&m), mark, "service sshd exited")
+                .into_iter()
+                .next()
+                .ok_or("the console does not say that sshd exited")?;
+            Ok(format!("ssh back after {:.1}s; console: {line:?}", t.elapsed().as_secs_f64()))
+        })(),
+    );
+    add(
+        o,
+        SUPERVISION,
+        "sshd killed twice in a row: the second restart waits longer (back-off)",
+        (|| {
+            let mark = console(&m).len();
+            script(home, "old=$(sshd); kill -9 $old; new=$(wait_new sshd $old) && kill -9 $new", 3 * MIN)?;
+            retry(3 * MIN, || ferry(home, &["ssh", "rel", "--", "echo back"], MIN))?;
+            let lines = exits_since(&console(&m), mark, "service sshd exited");
+            let delays: Vec<&str> = lines.iter().filter_map(|l| l.rsplit("restarting in ").next()).collect();
+            match delays.as_slice() {
+                [a, b, ..] if a != b => Ok(format!("delays {a} then {b}")),
+                _ => Err(format!("expected two growing delays, console: {lines:?}")),
+            }
+        })(),
+    );
+    add(
+        o,
+        SUPERVISION,
+        &format!("{restarts} restarts (engine manager and sshd in turn): all come back, init's memory stays flat"),
+        (|| {
+            let mark = console(&m).len();
+            // Each service runs at least 7 s before it is killed again, so every restart is a 1 s one.
+            let body = format!(
+                r#"echo "rss0 $(rss)"; se=0; ss=0; i=0
 while [ $i -lt {restarts} ]; do
   i=$((i+1))
   if [ $((i % 2)) -eq 1 ]; then g=engine; last=$se; else g=sshd; last=$ss; fi
@@ -96,21 +130,31 @@ while [ $i -lt {restarts} ]; do
   [ $i -eq 10 ] && echo "rss10 $(rss)"
 done
 echo "rssN $(rss)""#
-        );
-        let out = script(home, &body, Duration::from_secs((restarts as u64 * 10 + 300).max(600)))?;
-        let get = |k: &str| out.lines().find_map(|l| l.strip_prefix(&format!("{k} "))).and_then(|v| v.trim().parse::<i64>().ok());
-        let (r0, r10, rn) = (get("rss0").ok_or(format!("no rss0 in {out}"))?, get("rss10").unwrap_or(0), get("rssN").ok_or(format!("no rssN in {out}"))?);
-        let base = if restarts > 10 { r10 } else { r0 };
-        let c = console(&m);
-        let logged = exits_since(&c, mark, "service engine exited").len() + exits_since(&c, mark, "service sshd exited").len();
-        if logged < restarts {
-            return Err(format!("the console names {logged} exits for {restarts} restarts"));
-        }
-        let back = api_back(env, Instant::now())?;
-        still_running("the restarts")?;
-        let detail = format!("init VmRSS {r0} kB before, {r10} kB after 10, {rn} kB after {restarts}; API answered {back:.1}s after the last");
-        // A leak of even 1 kB per restart shows over 90 restarts; page-granular noise stays well below.
-        if rn - base > 256 { Err(format!("init grew by {} kB: {detail}", rn - base)) } else { Ok(detail) }
-    })());
+            );
+            let out = script(home, &body, Duration::from_secs((restarts as u64 * 10 + 300).max(600)))?;
+            let get = |k: &str| out.lines().find_map(|l| l.strip_prefix(&format!("{k} "))).and_then(|v| v.trim().parse::<i64>().ok());
+            let (r0, r10, rn) = (
+                get("rss0").ok_or(format!("no rss0 in {out}"))?,
+                get("rss10").unwrap_or(0),
+                get("rssN").ok_or(format!("no rssN in {out}"))?,
+            );
+            let base = if restarts > 10 { r10 } else { r0 };
+            let c = console(&m);
+            let logged = exits_since(&c, mark, "service engine exited").len() + exits_since(&c, mark, "service sshd exited").len();
+            if logged < restarts {
+                return Err(format!("the console names {logged} exits for {restarts} restarts"));
+            }
+            let back = api_back(env, Instant::now())?;
+            still_running("the restarts")?;
+            let detail =
+                format!("init VmRSS {r0} kB before, {r10} kB after 10, {rn} kB after {restarts}; API answered {back:.1}s after the last");
+            // A leak of even 1 kB per restart shows over 90 restarts; page-granular noise stays well below.
+            if rn - base > 256 {
+                Err(format!("init grew by {} kB: {detail}", rn - base))
+            } else {
+                Ok(detail)
+            }
+        })(),
+    );
     let _ = env.run(&["rm", "-f", "survivor"], None, 2 * MIN);
 }
