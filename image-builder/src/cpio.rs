@@ -38,7 +38,7 @@ impl Writer {
     }
 
     fn pad(&mut self) {
-        while self.out.len() % 4 != 0 {
+        while !self.out.len().is_multiple_of(4) {
             self.out.push(0);
         }
     }
@@ -66,7 +66,7 @@ impl Writer {
         self.ino = 0;
         self.header("TRAILER!!!", 0, 0, (0, 0), 1);
         // The kernel reads archives in 512-byte friendly chunks; pad like cpio(1) does.
-        while self.out.len() % 512 != 0 {
+        while !self.out.len().is_multiple_of(512) {
             self.out.push(0);
         }
         self.out

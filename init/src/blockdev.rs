@@ -68,7 +68,7 @@ pub fn settled_candidates(want: Option<&str>) -> Vec<Disk> {
     let mut stable = 0;
     while start.elapsed() < std::time::Duration::from_secs(10) {
         let has_want = want.is_none_or(|w| last.iter().any(|d| d.name == w));
-        if stable >= 3 && has_want || stable >= 3 && start.elapsed() > std::time::Duration::from_secs(3) {
+        if stable >= 3 && (has_want || start.elapsed() > std::time::Duration::from_secs(3)) {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(250));

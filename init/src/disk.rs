@@ -482,10 +482,9 @@ pub fn setup(forced: Option<&str>, pause: Option<&str>) -> Outcome {
         }
         Choice::Format { disk, blank } => {
             let dev = disk.dev();
-            format(&disk, blank, pause).and_then(|p| mount_data(&p)).map(|mnt| (disk, mnt, true)).map_err(|e| {
+            format(&disk, blank, pause).and_then(|p| mount_data(&p)).map(|mnt| (disk, mnt, true)).inspect_err(|_| {
                 // The magic is still there (the partition table is written last), so the next boot retries.
                 fallback = blockdev::read_at(&dev, 0, HEAD).ok().and_then(|h| userdata::parse(&h).ok()).unwrap_or_default();
-                e
             })
         }
     };

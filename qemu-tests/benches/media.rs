@@ -4,6 +4,7 @@
 //!   little; the ratio then shows only what the ISO adds: boot loaders, metadata, duplicates);
 //! - unpacked: xz over the kernel plus every file of the initrd (its early cpio and the squashfs rootfs
 //!   unpacked), which also counts how well the rootfs is compressed (zstd, chosen for boot speed).
+//!
 //! Prints a Markdown row for docs/figures.md.
 use qemu_tests::*;
 use std::process::{Command, Stdio};

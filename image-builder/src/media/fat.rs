@@ -351,7 +351,7 @@ fn lfn_checksum(short: &[u8; 11]) -> u8 {
 fn lfn_entries(name: &str, short: &[u8; 11]) -> Vec<u8> {
     let mut units: Vec<u16> = name.encode_utf16().collect();
     let parts = units.len().div_ceil(13);
-    if units.len() % 13 != 0 {
+    if !units.len().is_multiple_of(13) {
         units.push(0);
     }
     units.resize(parts * 13, 0xFFFF);

@@ -240,7 +240,7 @@ fn userdata_boot(o: &Shared, home: &Path, i: usize, v: &Variant, bad_pem: bool) 
                 file("tls/server-key.pem", 0o600, b"garbage".to_vec()),
             ]);
         }
-        let fw = home.join(&format!("{name}-fwcfg.tar"));
+        let fw = home.join(format!("{name}-fwcfg.tar"));
         std::fs::write(&fw, write(&entries)).map_err(|e| e.to_string())?;
         let mut l = m.launch(&out_dir(), &format!("{BASE} ferry.hostname={name}")).map_err(|e| e.to_string())?;
         l.fw_cfg_userdata = Some(fw);

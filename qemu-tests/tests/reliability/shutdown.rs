@@ -80,7 +80,10 @@ fn within(took: Duration) -> Result<String, String> {
 pub fn poweroff_and_acpi(o: &Shared, home: &Path, env: &DockerEnv) -> bool {
     let m = match machine(home, "rel") {
         Ok(m) => m,
-        Err(e) => return add(o, SHUTDOWN, "machine", Err(e)) && false,
+        Err(e) => {
+            add(o, SHUTDOWN, "machine", Err(e));
+            return false;
+        }
     };
     let poweroff = (|| {
         start_trappers(env)?;
