@@ -21,13 +21,35 @@ pub const MAX_CONNECTIONS: usize = 1024;
 /// round of MAX_CONNECTIONS waiting at the limit.
 pub const BACKLOG: u32 = 4096;
 
-/// Listen on all IPv4 addresses of `port` with the deep backlog.
+/// Listen on every IPv6 and IPv4 address of `port` (one dual-stack socket on `[::]`; IPv4 clients arrive
+/// as `::ffff:a.b.c.d`), with the deep backlog. A kernel without IPv6 gets `0.0.0.0` instead.
 pub fn listen(port: u16) -> std::io::Result<TcpListener> {
-    listen_on(std::net::SocketAddr::from(([0, 0, 0, 0], port)))
+    match listen_on(std::net::SocketAddr::from(([0u16; 8], port))) {
+        Ok(l) => Ok(l),
+        Err(_) => listen_on(std::net::SocketAddr::from(([0, 0, 0, 0], port))),
+    }
 }
 
 pub fn listen_on(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     let s = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    if addr.is_ipv6() {
+        use std::os::fd::AsRawFd;
+        let off: libc::c_int = 0;
+        // SAFETY: setsockopt(2) on a socket we own, with a c_int option value of the right size. Dual
+        // stack explicitly, whatever net.ipv6.bindv6only says.
+        if unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_IPV6,
+                libc::IPV6_V6ONLY,
+                &off as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        } != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
     s.set_reuseaddr(true)?;
     s.bind(addr)?;
     s.listen(BACKLOG)

@@ -328,7 +328,8 @@ async fn serve() -> i32 {
         }
     }
     let listener = bind().await;
-    log(&format!("front door listening on :{PORT} (TLS, client certificate required)"));
+    let on = listener.local_addr().map(|a| if a.is_ipv6() { "IPv6 and IPv4" } else { "IPv4 only" }).unwrap_or("?");
+    log(&format!("front door listening on :{PORT}, {on} (TLS, client certificate required)"));
     tokio::spawn(frontdoor::serve(listener, config, dockerd::SOCKET.into(), Arc::new(log)));
     {
         let e2 = engine.clone();
@@ -357,7 +358,7 @@ async fn serve() -> i32 {
         }
         tick += 1;
         let mut g = engine.lock().await;
-        if tick % 10 == 0 {
+        if tick.is_multiple_of(10) {
             g.follow_addresses();
         }
         if let Some(status) = g.d.check_exit() {

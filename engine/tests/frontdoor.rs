@@ -384,3 +384,19 @@ fn the_listen_queue_holds_a_burst() {
     }
     drop(listener);
 }
+
+/// The production listener is one dual-stack socket: IPv6 and IPv4 clients both reach it.
+#[test]
+fn listens_on_ipv6_and_ipv4() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // Port 0 through listen_on: the same socket options as listen(PORT).
+        let l = frontdoor::listen_on("[::]:0".parse().unwrap()).unwrap();
+        let port = l.local_addr().unwrap().port();
+        for addr in [format!("127.0.0.1:{port}"), format!("[::1]:{port}")] {
+            let c = tokio::net::TcpStream::connect(&addr);
+            let (c, a) = tokio::join!(c, l.accept());
+            assert!(c.is_ok() && a.is_ok(), "{addr}: {c:?} {a:?}");
+        }
+    });
+}

@@ -10,6 +10,10 @@ pub struct Cmdline {
     pub rescue: bool,
     /// Test hook: stop first boot at this point of the disk setup (see disk::PAUSE_POINTS).
     pub pause: Option<String>,
+    /// boot2docker's `ntpserver=` (comma or space separated; empty turns SNTP off). None when absent.
+    pub ntpserver: Option<String>,
+    /// The kernel's `ip=` entries, in order (see ipconfig.rs).
+    pub ip: Vec<crate::ipconfig::IpArg>,
     /// Problems found while parsing, printed by init on the console.
     pub warnings: Vec<String>,
 }
@@ -51,6 +55,11 @@ impl Cmdline {
                     "1" | "yes" | "on" => c.autologin = true,
                     _ => c.warnings.push(format!("ignoring ferry.autologin={v:?}: use 0 or 1")),
                 },
+                ("ip", Some(v)) => match crate::ipconfig::parse(v) {
+                    Ok(a) => c.ip.push(a),
+                    Err(e) => c.warnings.push(e),
+                },
+                ("ntpserver", Some(v)) => c.ntpserver = Some(v.replace(',', " ")),
                 ("ferry.bench", Some("poweroff")) => c.bench_poweroff = true,
                 ("ferry.rescue", None) => c.rescue = true,
                 ("ferry.debug.pause", Some(v)) => {
@@ -79,6 +88,9 @@ mod tests {
         assert_eq!(c.disk.as_deref(), Some("/dev/vdb"));
         assert!(!c.autologin);
         assert!(c.warnings.is_empty());
+        assert_eq!(c.ntpserver, None);
+        assert_eq!(Cmdline::parse("ntpserver=10.0.2.2,pool.ntp.org").ntpserver.as_deref(), Some("10.0.2.2 pool.ntp.org"));
+        assert_eq!(Cmdline::parse("ntpserver=").ntpserver.as_deref(), Some(""));
 
         let long = "x".repeat(300);
         let c = Cmdline::parse(&format!("ferry.hostname={long} ferry.disk=../etc ferry.bogus=1"));

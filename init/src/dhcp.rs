@@ -10,6 +10,8 @@ pub struct Lease {
     pub mask: Ipv4Addr,
     pub router: Option<Ipv4Addr>,
     pub dns: Vec<Ipv4Addr>,
+    /// Option 42: NTP servers.
+    pub ntp: Vec<Ipv4Addr>,
     pub server: Ipv4Addr,
     pub lease_secs: u32,
 }
@@ -45,7 +47,7 @@ pub fn build(kind: u8, xid: u32, mac: [u8; 6], hostname: &str, req: Option<(Ipv4
         p.extend_from_slice(&[12, h.len() as u8]);
         p.extend_from_slice(h);
     }
-    p.extend_from_slice(&[55, 5, 1, 3, 6, 15, 51]);
+    p.extend_from_slice(&[55, 6, 1, 3, 6, 15, 42, 51]);
     p.push(255);
     while p.len() < 300 {
         p.push(0);
@@ -64,6 +66,7 @@ pub fn parse(p: &[u8], xid: u32) -> Option<(u8, Lease)> {
         mask: Ipv4Addr::new(255, 255, 255, 0),
         router: None,
         dns: vec![],
+        ntp: vec![],
         server: Ipv4Addr::new(p[20], p[21], p[22], p[23]),
         lease_secs: 3600,
     };
@@ -86,6 +89,7 @@ pub fn parse(p: &[u8], xid: u32) -> Option<(u8, Lease)> {
             1 => lease.mask = ip4(0)?,
             3 => lease.router = ip4(0),
             6 => lease.dns = (0..len / 4).filter_map(|k| ip4(k * 4)).collect(),
+            42 => lease.ntp = (0..len / 4).filter_map(|k| ip4(k * 4)).collect(),
             51 if len == 4 => lease.lease_secs = u32::from_be_bytes([v[0], v[1], v[2], v[3]]),
             54 => lease.server = ip4(0)?,
             _ => {}
@@ -206,13 +210,15 @@ mod tests {
         a[16..20].copy_from_slice(&[10, 0, 2, 15]);
         a.truncate(240);
         a.extend_from_slice(&[
-            53, 1, ACK, 1, 4, 255, 255, 255, 0, 3, 4, 10, 0, 2, 2, 6, 8, 10, 0, 2, 3, 1, 1, 1, 1, 51, 4, 0, 0, 0x0e, 0x10, 255,
+            53, 1, ACK, 1, 4, 255, 255, 255, 0, 3, 4, 10, 0, 2, 2, 6, 8, 10, 0, 2, 3, 1, 1, 1, 1, 42, 4, 10, 0, 2, 4, 51, 4, 0, 0, 0x0e,
+            0x10, 255,
         ]);
         let (kind, l) = parse(&a, 7).unwrap();
         assert_eq!(kind, ACK);
         assert_eq!(l.ip, Ipv4Addr::new(10, 0, 2, 15));
         assert_eq!(l.router, Some(Ipv4Addr::new(10, 0, 2, 2)));
         assert_eq!(l.dns.len(), 2);
+        assert_eq!(l.ntp, vec![Ipv4Addr::new(10, 0, 2, 4)]);
         assert_eq!(l.lease_secs, 3600);
         assert!(parse(&a, 8).is_none(), "other xid ignored");
         assert!(parse(&a[..100], 7).is_none(), "truncated ignored");

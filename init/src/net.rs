@@ -66,6 +66,14 @@ pub fn configure(name: &str, ip: Ipv4Addr, mask: Ipv4Addr) -> Result<()> {
 }
 
 pub fn add_default_route(name: &str, gw: Ipv4Addr) -> Result<()> {
+    default_route(libc::SIOCADDRT, name, gw)
+}
+
+pub fn del_default_route(name: &str, gw: Ipv4Addr) -> Result<()> {
+    default_route(libc::SIOCDELRT, name, gw)
+}
+
+fn default_route(req: libc::c_ulong, name: &str, gw: Ipv4Addr) -> Result<()> {
     // SAFETY: rtentry is plain data; zeroed is its documented initial state.
     let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
     let any = sockaddr_in(Ipv4Addr::UNSPECIFIED);
@@ -79,8 +87,10 @@ pub fn add_default_route(name: &str, gw: Ipv4Addr) -> Result<()> {
     rt.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
     let dev = crate::sys::cstr(name)?;
     rt.rt_dev = dev.as_ptr() as *mut libc::c_char;
-    match ioctl(libc::SIOCADDRT, &mut rt as *mut _ as *mut _, || format!("default route via {gw} on {name}")) {
-        Err(e) if e.source.as_ref().and_then(|s| s.raw_os_error()) == Some(libc::EEXIST) => Ok(()),
+    let what = if req == libc::SIOCADDRT { "add" } else { "remove" };
+    match ioctl(req, &mut rt as *mut _ as *mut _, || format!("{what} the default route via {gw} on {name}")) {
+        Err(e) if req == libc::SIOCADDRT && e.source.as_ref().and_then(|s| s.raw_os_error()) == Some(libc::EEXIST) => Ok(()),
+        Err(e) if req == libc::SIOCDELRT && e.source.as_ref().and_then(|s| s.raw_os_error()) == Some(libc::ESRCH) => Ok(()),
         r => r,
     }
 }
@@ -114,6 +124,41 @@ pub fn mac(name: &str) -> Result<[u8; 6]> {
     Ok(m)
 }
 
+/// Who holds the one default route: the first NIC (in name order) that has a gateway. DHCP answers come
+/// in any order, so a later answer from an earlier NIC takes the route over.
+#[derive(Debug, Default)]
+pub struct DefaultRoute {
+    pub held: Option<(usize, String, Ipv4Addr)>,
+}
+
+impl DefaultRoute {
+    /// What to do when NIC number `index` offers gateway `gw`: None (keep), or Some((remove, add)).
+    #[allow(clippy::type_complexity)]
+    pub fn offer(&self, index: usize, nic: &str, gw: Ipv4Addr) -> Option<(Option<(String, Ipv4Addr)>, (String, Ipv4Addr))> {
+        match &self.held {
+            Some((i, n, g)) if *i < index || (*i == index && *g == gw && n == nic) => None,
+            Some((_, n, g)) => Some((Some((n.clone(), *g)), (nic.to_string(), gw))),
+            None => Some((None, (nic.to_string(), gw))),
+        }
+    }
+
+    /// Apply an offer's plan to the routing table; returns a line for the console when the route moved.
+    pub fn take(&mut self, index: usize, nic: &str, gw: Ipv4Addr) -> Result<Option<String>> {
+        let Some((remove, (n, g))) = self.offer(index, nic, gw) else { return Ok(None) };
+        if let Some((rn, rg)) = &remove {
+            del_default_route(rn, *rg)?;
+        }
+        add_default_route(&n, g)?;
+        self.held = Some((index, n.clone(), g));
+        Ok(Some(match remove {
+            Some((rn, rg)) => {
+                format!("network: default route via {g} on {n} (was via {rg} on {rn})")
+            }
+            None => format!("network: default route via {g} on {n}"),
+        }))
+    }
+}
+
 pub fn hosts_file(name: &str) -> String {
     format!("127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n::1\tlocalhost ip6-localhost ip6-loopback\n")
 }
@@ -144,5 +189,19 @@ mod tests {
         assert!(hosts_file("box").contains("127.0.1.1\tbox\n"));
         assert_eq!(resolv_conf(&[Ipv4Addr::new(10, 0, 2, 3)]), "nameserver 10.0.2.3\n");
         assert!(resolv_conf(&[]).contains("1.1.1.1"));
+    }
+
+    #[test]
+    fn one_default_route_through_the_first_nic_with_a_gateway() {
+        let gw = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let mut r = DefaultRoute::default();
+        assert_eq!(r.offer(1, "eth1", gw("192.168.56.2")), Some((None, ("eth1".into(), gw("192.168.56.2")))));
+        r.held = Some((1, "eth1".into(), gw("192.168.56.2")));
+        // eth0 answers later: it takes the route over; eth2 never does; a renewal changes nothing.
+        assert_eq!(r.offer(0, "eth0", gw("10.0.2.2")), Some((Some(("eth1".into(), gw("192.168.56.2"))), ("eth0".into(), gw("10.0.2.2")))));
+        assert_eq!(r.offer(2, "eth2", gw("10.0.9.2")), None);
+        assert_eq!(r.offer(1, "eth1", gw("192.168.56.2")), None);
+        // A new gateway on the holder moves the route.
+        assert!(r.offer(1, "eth1", gw("192.168.56.1")).is_some());
     }
 }

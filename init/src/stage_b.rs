@@ -4,7 +4,7 @@ use crate::cmdline::Cmdline;
 use crate::error::{Error, Result};
 use crate::services::{self, Supervisor};
 use crate::shutdown::{self, Action};
-use crate::{clock, coldplug, dhcp, disk, kmod, log, mounts, net, powerbutton, provision, rescue, sys};
+use crate::{clock, coldplug, dhcp, disk, ipconfig, kmod, log, mounts, net, powerbutton, provision, rescue, shares, sys, timesync};
 use std::net::Ipv4Addr;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -45,13 +45,13 @@ pub fn run() -> ! {
     // SAFETY: reboot(2) with the CAD-off command only changes a flag.
     unsafe { libc::reboot(libc::RB_DISABLE_CAD) };
 
-    let _ = log::phase("modules", || {
+    let db = log::phase("modules", || {
         let db = kmod::ModDb::running()?;
         let hot = db.clone();
         std::thread::spawn(move || coldplug::hotplug_thread(hot));
         let n = coldplug::coldplug(&db);
         log::line(&format!("modules: {n} loaded by coldplug"));
-        Ok(())
+        Ok(db)
     });
     let _ = log::phase("clock", || clock::apply_floor().map(|note| log::line(&note)));
     // The disk comes before the network so the persisted hostname is the one DHCP announces.
@@ -68,8 +68,23 @@ pub fn run() -> ! {
         Err(_) => (false, vec![]),
     };
     let hostname = pick_hostname(&cmdline);
-    let _ = log::phase("network", || network(&hostname));
+    let _ = log::phase("network", || network(&hostname, &cmdline.ip));
+    // Before the engine makes or checks certificates: SNTP (a few seconds at most), then the RTC witness.
+    let _ = log::phase("time", || {
+        let dhcp = timesync::DHCP_NTP.lock().map(|v| v.clone()).unwrap_or_default();
+        let mut sync = timesync::Sync::new(timesync::pick(&dhcp, timesync::profile_ntp_server().as_deref(), cmdline.ntpserver.as_deref()));
+        sync.at_boot(Duration::from_secs(3));
+        std::thread::spawn(move || sync.run());
+        Ok(())
+    });
     let _ = log::phase("userdata", || provision::run(persistent, &fallback).map(|s| log::line(&s)));
+    // Before the engine, so containers started at boot see the host's folders.
+    if let Ok(db) = &db {
+        let _ = log::phase("shares", || {
+            log::line(&format!("shares: {}", shares::mount_all(db)));
+            Ok(())
+        });
+    }
 
     let mut sup = Supervisor::default();
     let _ = log::phase("services", || {
@@ -136,25 +151,55 @@ fn pick_hostname(c: &Cmdline) -> String {
         }
         log::warn(&format!("{PERSISTED_HOSTNAME}: invalid hostname {s:?}; ignoring it"));
     }
-    c.hostname.clone().unwrap_or_else(|| DEFAULT_HOSTNAME.to_string())
+    let from_ip = c.ip.iter().find_map(|a| match a {
+        crate::ipconfig::IpArg::Fixed(f) => f.hostname.clone(),
+        _ => None,
+    });
+    c.hostname.clone().or(from_ip).unwrap_or_else(|| DEFAULT_HOSTNAME.to_string())
 }
 
-fn network(hostname: &str) -> Result<()> {
+/// The one default route and the DNS servers every NIC has offered, shared by the DHCP threads.
+static ROUTE: std::sync::Mutex<net::DefaultRoute> = std::sync::Mutex::new(net::DefaultRoute { held: None });
+static DNS: std::sync::Mutex<Vec<Ipv4Addr>> = std::sync::Mutex::new(Vec::new());
+
+fn network(hostname: &str, ip: &[ipconfig::IpArg]) -> Result<()> {
     sys::set_hostname(hostname)?;
     net::write_hosts(hostname)?;
     net::set_up("lo")?;
     let nics = net::ethernet_nics();
+    // Written at once, so resolv.conf is never missing; each answer adds its servers, never removes.
+    add_dns(&[]);
     if nics.is_empty() {
         log::warn("no Ethernet interface found");
-        sys::write_atomic("/etc/resolv.conf", net::resolv_conf(&[]).as_bytes(), 0o644)?;
+        return Ok(());
+    }
+    let (plan, warnings) = ipconfig::plan(&nics, ip);
+    for w in warnings {
+        log::warn(&w);
+    }
+    if plan.is_empty() {
+        log::line("network: ip=off on the kernel command line; no interface configured");
         return Ok(());
     }
     let (tx, rx) = mpsc::channel();
-    for nic in &nics {
-        let (nic, tx, host) = (nic.clone(), tx.clone(), hostname.to_string());
-        std::thread::spawn(move || dhcp_loop(&nic, &host, tx));
+    let mut dhcp = 0;
+    for (index, (nic, fixed)) in plan.into_iter().enumerate() {
+        match fixed {
+            Some(f) => match configure_fixed(index, &nic, &f) {
+                Ok(msg) => log::line(&msg),
+                Err(e) => log::warn(&format!("network: {nic}: fixed address from ip=: {e}")),
+            },
+            None => {
+                let (tx, host) = (tx.clone(), hostname.to_string());
+                std::thread::spawn(move || dhcp_loop(index, &nic, &host, tx));
+                dhcp += 1;
+            }
+        }
     }
     drop(tx);
+    if dhcp == 0 {
+        return Ok(());
+    }
     // Wait for the first lease (the engine's server cert wants an address), but never block boot for long.
     match rx.recv_timeout(Duration::from_secs(20)) {
         Ok(msg) => log::line(&msg),
@@ -163,9 +208,53 @@ fn network(hostname: &str) -> Result<()> {
     Ok(())
 }
 
-/// Obtain, apply and renew a lease on one NIC, forever.
-fn dhcp_loop(nic: &str, hostname: &str, tx: mpsc::Sender<String>) {
-    static DNS: std::sync::Mutex<Vec<Ipv4Addr>> = std::sync::Mutex::new(Vec::new());
+fn add_dns(servers: &[Ipv4Addr]) {
+    if let Ok(mut dns) = DNS.lock() {
+        for d in servers {
+            if !dns.contains(d) {
+                dns.push(*d);
+            }
+        }
+        let _ = sys::write_atomic("/etc/resolv.conf", net::resolv_conf(&dns).as_bytes(), 0o644);
+    }
+}
+
+fn add_ntp(servers: &[Ipv4Addr]) {
+    if let Ok(mut ntp) = timesync::DHCP_NTP.lock() {
+        for a in servers {
+            if !ntp.contains(a) {
+                ntp.push(*a);
+            }
+        }
+    }
+}
+
+fn take_route(index: usize, nic: &str, gw: Ipv4Addr) {
+    let r = match ROUTE.lock() {
+        Ok(mut r) => r.take(index, nic, gw),
+        Err(_) => return,
+    };
+    match r {
+        Ok(Some(msg)) => log::line(&msg),
+        Ok(None) => {}
+        Err(e) => log::line(&format!("network: {e}")),
+    }
+}
+
+fn configure_fixed(index: usize, nic: &str, f: &ipconfig::Fixed) -> Result<String> {
+    net::set_up(nic)?;
+    net::configure(nic, f.addr, f.mask)?;
+    if let Some(gw) = f.gateway {
+        take_route(index, nic, gw);
+    }
+    add_dns(&f.dns);
+    add_ntp(&f.ntp);
+    let prefix = u32::from(f.mask).count_ones();
+    Ok(format!("network: {nic} {}/{prefix}{} (fixed, from ip=)", f.addr, f.gateway.map(|g| format!(" gateway {g}")).unwrap_or_default()))
+}
+
+/// Obtain, apply and renew a lease on NIC number `index`, forever.
+fn dhcp_loop(index: usize, nic: &str, hostname: &str, tx: mpsc::Sender<String>) {
     let mac = match net::set_up(nic).and_then(|_| net::mac(nic)) {
         Ok(m) => m,
         Err(e) => return log::line(&format!("network: {e}")),
@@ -175,24 +264,21 @@ fn dhcp_loop(nic: &str, hostname: &str, tx: mpsc::Sender<String>) {
         match dhcp::obtain(nic, mac, hostname, Duration::from_secs(60)) {
             Ok(l) => {
                 if current.as_ref() != Some(&l) {
-                    let r = net::configure(nic, l.ip, l.mask).and_then(|_| match l.router {
-                        Some(gw) => net::add_default_route(nic, gw),
-                        None => Ok(()),
-                    });
-                    if let Err(e) = r {
+                    if let Err(e) = net::configure(nic, l.ip, l.mask) {
                         log::line(&format!("network: {e}"));
                     }
-                    if let Ok(mut dns) = DNS.lock() {
-                        for d in &l.dns {
-                            if !dns.contains(d) {
-                                dns.push(*d);
-                            }
-                        }
-                        let _ = sys::write_atomic("/etc/resolv.conf", net::resolv_conf(&dns).as_bytes(), 0o644);
+                    if let Some(gw) = l.router {
+                        take_route(index, nic, gw);
                     }
+                    add_ntp(&l.ntp);
+                    add_dns(&l.dns);
                     let prefix = u32::from(l.mask).count_ones();
-                    let gw = l.router.map(|g| format!(" via {g}")).unwrap_or_default();
-                    let _ = tx.send(format!("network: {nic} {}/{prefix}{gw}, lease {}s", l.ip, l.lease_secs));
+                    let gw = l.router.map(|g| format!(" gateway {g}")).unwrap_or_default();
+                    let msg = format!("network: {nic} {}/{prefix}{gw}, lease {}s", l.ip, l.lease_secs);
+                    // The first lease is printed by the phase; later ones (other NICs, renewals) here.
+                    if tx.send(msg.clone()).is_err() {
+                        log::line(&msg);
+                    }
                     current = Some(l.clone());
                 }
                 std::thread::sleep(Duration::from_secs((l.lease_secs as u64 / 2).max(30)));
