@@ -1,5 +1,6 @@
 //! Ferry's image builder and host CLI: rootfs assembly, initramfs, kernel checks, and the QEMU machine
 //! runner behind `ferry up`.
+pub mod accel;
 pub mod build;
 pub mod cpio;
 pub mod debian;
@@ -11,6 +12,8 @@ pub mod media;
 pub mod modinfo;
 pub mod modules;
 pub mod ping;
+pub mod portfwd;
 pub mod qemu;
 pub mod rootfs;
+pub mod shares;
 pub mod util;

@@ -1,6 +1,7 @@
 //! Machines on the host: a directory per machine (~/.ferry/machines/NAME) with its SSH key, certificates
 //! (CA, client = DOCKER_CERT_PATH, server), the fw_cfg userdata.tar, ports, QEMU pid, QMP socket, console log.
 use crate::error::{Context, Error, Result};
+use crate::shares::{self, HostShare};
 use crate::util;
 use ferry_init::userdata;
 use std::path::PathBuf;
@@ -116,16 +117,48 @@ impl Machine {
         self.path("disk.img")
     }
 
+    /// The folders this machine shares (saved by `ferry up`; none for machines made another way).
+    pub fn shares(&self) -> Result<Vec<HostShare>> {
+        let f = self.path("shares.json");
+        match std::fs::read_to_string(&f) {
+            Ok(t) => shares::from_json(&t, &f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
+            Err(e) => Err(Error::msg(format!("read {}: {e}", f.display()))),
+        }
+    }
+
+    pub fn save_shares(&self, list: &[HostShare]) -> Result<()> {
+        let f = self.path("shares.json");
+        std::fs::write(&f, shares::to_json(list)).ctx(|| format!("write {}", f.display()))
+    }
+
     /// QEMU for this machine: its data disk (or, without one, its userdata via fw_cfg), loopback forwards
-    /// to 2376 and 22, its console log.
+    /// to 2376 and 22, its shares, its console log. `FERRY_APPEND` adds to the kernel command line and
+    /// `FERRY_QEMU_ARGS` to QEMU's (debugging and test hooks).
     pub fn launch(&self, out: &std::path::Path, append: &str) -> Result<crate::qemu::Launch> {
         let p = self.ports()?;
+        // A remembered folder may have been deleted since: QEMU would refuse to start, so skip it and say so.
+        let shared: Vec<HostShare> = self
+            .shares()?
+            .into_iter()
+            .filter(|s| {
+                let ok = s.host.is_dir();
+                if !ok {
+                    eprintln!("ferry: share {} -> {}: the folder is gone; not shared on this boot", s.host.display(), s.guest);
+                }
+                ok
+            })
+            .collect();
+        let append = match std::env::var("FERRY_APPEND") {
+            Ok(more) if !more.trim().is_empty() => format!("{append} {}", more.trim()),
+            _ => append.to_string(),
+        };
         Ok(crate::qemu::Launch {
-            direct: Some(crate::qemu::DirectKernel {
-                kernel: out.join("vmlinuz"),
-                initrd: out.join("initrd.img"),
-                append: append.to_string(),
-            }),
+            fw_cfg_shares: shares::write_fw_cfg(&shared, &self.path("shares.fwcfg"))?,
+            shares: shared,
+            extra: crate::qemu::extra_args(),
+            restrict: std::env::var("FERRY_NET_RESTRICT").is_ok_and(|v| v == "1"),
+            direct: Some(crate::qemu::DirectKernel { kernel: out.join("vmlinuz"), initrd: out.join("initrd.img"), append }),
             hardware: crate::qemu::Hardware::default(),
             memory_mb: std::env::var("FERRY_MEMORY").ok().and_then(|v| v.parse().ok()).unwrap_or(2048),
             cpus: 2,

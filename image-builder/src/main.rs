@@ -2,16 +2,19 @@
 use ferry_builder::build::{self, Inputs};
 use ferry_builder::error::{Error, Result};
 use ferry_builder::machine::{self, Machine};
-use ferry_builder::{disk, ping, qemu, util};
+use ferry_builder::{disk, ping, portfwd, qemu, shares, util};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: ferry <command> [args]
   build [--force]          build out/vmlinuz, out/initrd.img, out/manifest.json
-  up [NAME] [--disk-size S] [--no-disk]
+  up [NAME] [--disk-size S] [--no-disk] [--share HOST_DIR[:GUEST_DIR][:ro]]... [--no-share]
                            build if needed, boot machine NAME (default: default) with a persistent
-                           data disk (default 20G; --no-disk runs from RAM), print DOCKER_* exports
+                           data disk (default 20G; --no-disk runs from RAM), print DOCKER_* exports;
+                           your home is shared at the same path unless --no-share; --share adds
+                           folders; the machine remembers its shares; published container ports
+                           answer on 127.0.0.1
   disk create PATH --size S [--format raw|qcow2|vmdk|vhd|vhdx|vdi] [--ssh-key K.pub] [--tls DIR]
                            write a format-me data disk (docker-machine's layout; DIR has ca.pem,
                            server.pem, server-key.pem)
@@ -19,7 +22,11 @@ const USAGE: &str = "usage: ferry <command> [args]
   ssh [NAME] [-- CMD...]   ssh into NAME as docker
   stop [NAME]              ACPI power-down through QMP and wait
   rm [NAME]                delete a stopped machine's directory
-  ls                       list machines";
+  ls                       list machines
+  logs [NAME]              the machine's console log, then its port agent's log
+  accel                    print the accelerator QEMU gets (kvm or tcg) and, on stderr, why
+
+Environment: FERRY_ACCEL=kvm|tcg forces the accelerator (else KVM when a probe VM boots under it).";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -43,6 +50,36 @@ fn name_arg(args: &[String]) -> &str {
     args.get(1).map(String::as_str).filter(|a| !a.starts_with('-')).unwrap_or("default")
 }
 
+/// What the machine shares on this boot: the flags when given (and remembered), else what it had; a
+/// new machine gets the user's home.
+fn resolve_shares(m: &Machine, new: bool, a: ShareArgs) -> Result<Vec<shares::HostShare>> {
+    let list = if a.none || !a.specs.is_empty() {
+        let mut list = vec![];
+        if !a.none && new {
+            let (home, note) = shares::default_shares();
+            if let Some(n) = note {
+                eprintln!("ferry: {n}");
+            }
+            list.extend(home.into_iter().filter(|h| !a.specs.iter().any(|s| s.guest == h.guest)));
+        } else if !a.none {
+            list.extend(m.shares()?.into_iter().filter(|h| !a.specs.iter().any(|s| s.guest == h.guest)));
+        }
+        list.extend(a.specs);
+        list
+    } else if new {
+        let (home, note) = shares::default_shares();
+        if let Some(n) = note {
+            eprintln!("ferry: {n}");
+        }
+        home
+    } else {
+        return m.shares();
+    };
+    shares::check_distinct(&list)?;
+    m.save_shares(&list)?;
+    Ok(list)
+}
+
 fn run(args: &[String]) -> Result<i32> {
     let cmd = args.first().map(String::as_str).unwrap_or("help");
     match cmd {
@@ -59,7 +96,31 @@ fn run(args: &[String]) -> Result<i32> {
             } else {
                 Some(disk::parse_size(flag(args, "--disk-size")?.unwrap_or("20G"))?)
             };
-            up(name_arg(args), disk)
+            up(name_arg(args), disk, share_args(args)?)
+        }
+        "accel" => {
+            let c = ferry_builder::accel::choice();
+            println!("{}", c.kind.name());
+            Ok(0)
+        }
+        "logs" => {
+            let m = Machine::named(name_arg(args))?;
+            m.ports()?;
+            for f in ["console.log", "ports.log"] {
+                match std::fs::read(m.path(f)) {
+                    Ok(b) => {
+                        println!("==> {} <==", m.path(f).display());
+                        print!("{}", String::from_utf8_lossy(&b));
+                    }
+                    Err(_) => println!("==> {}: none yet", m.path(f).display()),
+                }
+            }
+            Ok(0)
+        }
+        // The published-ports agent `ferry up` starts for a machine (see portfwd.rs).
+        "_ports" => {
+            portfwd::run(Machine::named(name_arg(args))?)?;
+            Ok(0)
         }
         "disk" => disk_cmd(&args[1..]),
         "env" => {
@@ -93,6 +154,26 @@ fn run(args: &[String]) -> Result<i32> {
     }
 }
 
+/// `--share` values (relative to the user's directory) and `--no-share`: None keeps what the machine has.
+struct ShareArgs {
+    specs: Vec<shares::HostShare>,
+    none: bool,
+}
+
+fn share_args(args: &[String]) -> Result<ShareArgs> {
+    let cwd = util::user_cwd();
+    let mut specs = vec![];
+    for (i, a) in args.iter().enumerate() {
+        if a == "--share" {
+            let v = args.get(i + 1).ok_or_else(|| Error::msg("--share needs a value: HOST_DIR[:GUEST_DIR][:ro]"))?;
+            specs.push(shares::parse_spec(v, &cwd)?);
+        } else if let Some(v) = a.strip_prefix("--share=") {
+            specs.push(shares::parse_spec(v, &cwd)?);
+        }
+    }
+    Ok(ShareArgs { specs, none: args.iter().any(|a| a == "--no-share") })
+}
+
 /// The value after `--name`, if present.
 fn flag<'a>(args: &'a [String], name: &str) -> Result<Option<&'a str>> {
     match args.iter().position(|a| a == name) {
@@ -113,7 +194,7 @@ fn disk_cmd(args: &[String]) -> Result<i32> {
     };
     let ssh_pub = match flag(args, "--ssh-key")? {
         Some(k) => {
-            let data = std::fs::read(k).map_err(|e| Error::msg(format!("--ssh-key {k}: {e}")))?;
+            let data = std::fs::read(util::user_cwd().join(k)).map_err(|e| Error::msg(format!("--ssh-key {k}: {e}")))?;
             if !String::from_utf8_lossy(&data).starts_with("ssh-") && !String::from_utf8_lossy(&data).starts_with("ecdsa-") {
                 return Err(Error::msg(format!("--ssh-key {k}: not an OpenSSH public key (pass the .pub file)")));
             }
@@ -121,22 +202,30 @@ fn disk_cmd(args: &[String]) -> Result<i32> {
         }
         None => None,
     };
-    let tls = flag(args, "--tls")?.map(|d| disk::Tls::from_dir(std::path::Path::new(d))).transpose()?;
-    disk::create(&disk::Spec { path: PathBuf::from(path), bytes, format, ssh_pub, tls })?;
+    let tls = flag(args, "--tls")?.map(|d| disk::Tls::from_dir(&util::user_cwd().join(d))).transpose()?;
+    disk::create(&disk::Spec { path: util::user_cwd().join(path), bytes, format, ssh_pub, tls })?;
     eprintln!("ferry: wrote {path} ({} MiB, {})", bytes.div_ceil(1 << 20), format.qemu_name());
     Ok(0)
 }
 
-fn up(name: &str, disk_bytes: Option<u64>) -> Result<i32> {
+fn up(name: &str, disk_bytes: Option<u64>, share: ShareArgs) -> Result<i32> {
     let m = Machine::named(name)?;
     let inp = Inputs::discover(out_dir()?)?;
     build::ensure(&inp, false)?;
+    let new = !m.exists();
+    if m.pid().is_some() && (share.none || !share.specs.is_empty()) {
+        return Err(Error::msg(format!("machine {name} is running; its shares change at the next boot: ferry stop {name} first")));
+    }
     m.create(disk_bytes)?;
+    let shared = resolve_shares(&m, new, share)?;
     let ports = m.ports()?;
     let cfg = Arc::new(ping::client_config(&m.dir)?);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], ports.api));
     if m.pid().is_none() {
         let step = util::Step::start(format!("boot {name} under QEMU ({})", qemu::accel()));
+        for s in &shared {
+            eprintln!("    share {} -> {}{}", s.host.display(), s.guest, if s.read_only { " (read-only)" } else { "" });
+        }
         let launch = m.launch(&inp.out, &format!("console=tty0 console=ttyS0,115200 quiet panic=-1 ferry.hostname={name}"))?;
         launch.start()?;
         wait_ready(&m, addr, cfg.clone(), Duration::from_secs(600))?;
@@ -144,6 +233,7 @@ fn up(name: &str, disk_bytes: Option<u64>) -> Result<i32> {
     } else if !ping::ping(addr, cfg) {
         return Err(Error::msg(format!("machine {name} runs but its API does not answer; see {}", m.path("console.log").display())));
     }
+    portfwd::ensure(&m)?;
     print!("{}", m.env_lines()?);
     Ok(0)
 }

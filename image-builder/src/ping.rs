@@ -24,16 +24,24 @@ pub fn client_config(cert_dir: &Path) -> Result<rustls::ClientConfig> {
         .ctx(|| format!("client certificate in {}", cert_dir.display()))
 }
 
-/// One HTTPS request over mTLS; returns the raw response.
-pub fn get(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>, path: &str, timeout: Duration) -> Result<String> {
+/// An mTLS connection to the front door (server name `localhost`, which every Ferry certificate carries).
+pub fn connect(
+    addr: SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+) -> Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
     let tcp = TcpStream::connect_timeout(&addr, timeout).ctx(|| format!("connect {addr}"))?;
     tcp.set_read_timeout(Some(timeout)).ctx(|| "timeout".into())?;
     tcp.set_write_timeout(Some(timeout)).ctx(|| "timeout".into())?;
     let name = ServerName::try_from("localhost").map_err(|e| Error::msg(e.to_string()))?;
     let conn = rustls::ClientConnection::new(cfg, name).ctx(|| "TLS client".into())?;
-    let mut s = rustls::StreamOwned::new(conn, tcp);
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
-        .ctx(|| format!("send to {addr}"))?;
+    Ok(rustls::StreamOwned::new(conn, tcp))
+}
+
+/// Send `request` as it is and read the answer until the server closes; returns the raw response.
+pub fn request(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>, request: &str, timeout: Duration) -> Result<String> {
+    let mut s = connect(addr, cfg, timeout)?;
+    s.write_all(request.as_bytes()).ctx(|| format!("send to {addr}"))?;
     let mut buf = Vec::new();
     match s.read_to_end(&mut buf) {
         Ok(_) => {}
@@ -41,6 +49,11 @@ pub fn get(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>, path: &str, timeout
         Err(e) => return Err(Error::msg(format!("read from {addr}: {e}"))),
     }
     Ok(String::from_utf8_lossy(&buf).to_string())
+}
+
+/// One HTTPS GET over mTLS; returns the raw response.
+pub fn get(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>, path: &str, timeout: Duration) -> Result<String> {
+    request(addr, cfg, &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"), timeout)
 }
 
 pub fn ping(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> bool {

@@ -18,6 +18,14 @@ pub struct Launch {
     pub console_log: PathBuf,
     pub qmp: PathBuf,
     pub pidfile: PathBuf,
+    /// Host folders over virtio-9p, and the fw_cfg file telling init where each goes.
+    pub shares: Vec<crate::shares::HostShare>,
+    pub fw_cfg_shares: Option<PathBuf>,
+    /// The guest may not reach the host or beyond (slirp `restrict=on`; the forwards still work). The test
+    /// suites set `FERRY_NET_RESTRICT=1` so no guest of theirs sends traffic off this machine.
+    pub restrict: bool,
+    /// Appended as they are: `FERRY_QEMU_ARGS` (a debugging and testing hook, e.g. `-rtc base=...`).
+    pub extra: Vec<String>,
 }
 
 pub struct DirectKernel {
@@ -51,6 +59,14 @@ pub enum Firmware {
     /// OVMF (UEFI) from Debian's `ovmf`; `vars` is this machine's writable copy of the variable store.
     /// With `secure_boot`, the Microsoft-keyed build with Secure Boot enforced (needs SMM).
     Uefi { vars: PathBuf, secure_boot: bool },
+}
+
+/// The user network's id, for run-time forwards (`hostfwd_add NETDEV ...`).
+pub const NETDEV: &str = "net0";
+
+/// `FERRY_QEMU_ARGS`, split on whitespace.
+pub fn extra_args() -> Vec<String> {
+    std::env::var("FERRY_QEMU_ARGS").map(|v| v.split_whitespace().map(str::to_string).collect()).unwrap_or_default()
 }
 
 pub const OVMF_DIR: &str = "/usr/share/OVMF";
@@ -126,9 +142,9 @@ impl Drive {
     }
 }
 
-/// TCG unless FERRY_ACCEL says otherwise (nested KVM is unreliable on CI machines).
+/// `kvm` or `tcg`: see accel.rs (FERRY_ACCEL, else a probe VM under KVM, cached per host).
 pub fn accel() -> String {
-    std::env::var("FERRY_ACCEL").unwrap_or_else(|_| "tcg".into())
+    crate::accel::choice().kind.name().to_string()
 }
 
 /// The `-accel` argument. TCG runs its vCPUs on one host thread: with one thread per vCPU (MTTCG), the
@@ -196,7 +212,12 @@ impl Launch {
             "virtio-rng-pci".into(),
         ]);
         let fwd: String = self.forwards.iter().map(|(h, g)| format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}")).collect();
-        a.extend(["-netdev".into(), format!("user,id=net0{fwd}"), "-device".into(), format!("{},netdev=net0", hw.nic)]);
+        a.extend([
+            "-netdev".into(),
+            format!("user,id={NETDEV}{}{fwd}", if self.restrict { ",restrict=on" } else { "" }),
+            "-device".into(),
+            format!("{},netdev={NETDEV}", hw.nic),
+        ]);
         // q35 has an AHCI controller built in; i440fx gets one added (VirtualBox's default SATA controller).
         let ahci = if hw.chipset == "q35" { "ide" } else { "sata" };
         if hw.chipset != "q35" && self.disks.iter().any(|d| matches!(d.bus, Bus::Ahci | Bus::Cdrom)) {
@@ -214,6 +235,11 @@ impl Launch {
         if let Some(u) = &self.fw_cfg_userdata {
             a.extend(["-fw_cfg".into(), format!("name=opt/ferry/userdata.tar,file={}", u.display())]);
         }
+        a.extend(crate::shares::qemu_args(&self.shares));
+        if let Some(f) = &self.fw_cfg_shares {
+            a.extend(["-fw_cfg".into(), format!("name=opt/ferry/shares,file={}", f.display())]);
+        }
+        a.extend(self.extra.iter().cloned());
         a
     }
 
@@ -233,7 +259,13 @@ impl Launch {
                 // SAFETY: only fcntl(2) between fork and exec, on a descriptor we own.
                 unsafe {
                     cmd.pre_exec(
-                        move || if libc::fcntl(fd, libc::F_SETFD, 0) == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) },
+                        move || {
+                            if libc::fcntl(fd, libc::F_SETFD, 0) == 0 {
+                                Ok(())
+                            } else {
+                                Err(std::io::Error::last_os_error())
+                            }
+                        },
                     );
                 }
                 Some(f)
@@ -283,25 +315,38 @@ pub fn pid(pidfile: &Path) -> Option<i32> {
 
 /// Send one QMP command (after the capabilities handshake); returns the reply line.
 pub fn qmp(sock: &Path, command: &str) -> Result<String> {
+    qmp_json(sock, &serde_json::json!({ "execute": command }))
+}
+
+/// A monitor command through QMP (`human-monitor-command`); returns what the monitor printed, which is
+/// where HMP commands such as `hostfwd_add` put their errors.
+pub fn hmp(sock: &Path, command_line: &str) -> Result<String> {
+    let reply = qmp_json(sock, &serde_json::json!({ "execute": "human-monitor-command", "arguments": { "command-line": command_line } }))?;
+    let v: serde_json::Value = serde_json::from_str(&reply).map_err(|e| Error::msg(format!("QMP reply to {command_line:?}: {e}")))?;
+    Ok(v.get("return").and_then(|r| r.as_str()).unwrap_or("").to_string())
+}
+
+fn qmp_json(sock: &Path, command: &serde_json::Value) -> Result<String> {
     let s = UnixStream::connect(sock).ctx(|| format!("connect QMP {}", sock.display()))?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ctx(|| "QMP timeout".into())?;
     let mut r = BufReader::new(s.try_clone().ctx(|| "QMP".into())?);
     let mut w = s;
     let mut line = String::new();
     r.read_line(&mut line).ctx(|| "QMP greeting".into())?;
-    for cmd in ["qmp_capabilities", command] {
-        w.write_all(format!("{{\"execute\":\"{cmd}\"}}\n").as_bytes()).ctx(|| format!("QMP {cmd}"))?;
+    for cmd in [serde_json::json!({ "execute": "qmp_capabilities" }), command.clone()] {
+        let name = cmd.get("execute").and_then(|e| e.as_str()).unwrap_or("?").to_string();
+        w.write_all(format!("{cmd}\n").as_bytes()).ctx(|| format!("QMP {name}"))?;
         loop {
             line.clear();
-            if r.read_line(&mut line).ctx(|| format!("QMP {cmd} reply"))? == 0 {
-                return Err(Error::msg(format!("QMP closed during {cmd}")));
+            if r.read_line(&mut line).ctx(|| format!("QMP {name} reply"))? == 0 {
+                return Err(Error::msg(format!("QMP closed during {name}")));
             }
             if line.contains("\"return\"") || line.contains("\"error\"") {
                 break;
             }
         }
         if line.contains("\"error\"") {
-            return Err(Error::msg(format!("QMP {cmd}: {}", line.trim())));
+            return Err(Error::msg(format!("QMP {name}: {}", line.trim())));
         }
     }
     Ok(line)

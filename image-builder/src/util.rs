@@ -63,6 +63,12 @@ pub fn repo_root() -> Result<PathBuf> {
 }
 
 /// Download cache outside the checkout (~/.cache/ferry), keyed by content.
+/// The directory the user ran `ferry` from: the `./ferry` wrapper changes into the checkout and passes the
+/// user's own directory in FERRY_CWD, so relative paths mean what the user meant.
+pub fn user_cwd() -> PathBuf {
+    std::env::var_os("FERRY_CWD").map(PathBuf::from).or_else(|| std::env::current_dir().ok()).unwrap_or_else(|| PathBuf::from("/"))
+}
+
 pub fn cache_dir() -> PathBuf {
     if let Ok(c) = std::env::var("FERRY_CACHE") {
         return PathBuf::from(c);
