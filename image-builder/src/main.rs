@@ -50,22 +50,10 @@ fn name_arg(args: &[String]) -> &str {
     args.get(1).map(String::as_str).filter(|a| !a.starts_with('-')).unwrap_or("default")
 }
 
-/// What the machine shares on this boot: the flags when given (and remembered), else what it had; a
-/// new machine gets the user's home.
+/// What the machine shares on this boot (see shares::resolve); saved when the flags changed it.
 fn resolve_shares(m: &Machine, new: bool, a: ShareArgs) -> Result<Vec<shares::HostShare>> {
-    let list = if a.none || !a.specs.is_empty() {
-        let mut list = vec![];
-        if !a.none && new {
-            let (home, note) = shares::default_shares();
-            if let Some(n) = note {
-                eprintln!("ferry: {n}");
-            }
-            list.extend(home.into_iter().filter(|h| !a.specs.iter().any(|s| s.guest == h.guest)));
-        } else if !a.none {
-            list.extend(m.shares()?.into_iter().filter(|h| !a.specs.iter().any(|s| s.guest == h.guest)));
-        }
-        list.extend(a.specs);
-        list
+    let base = if a.none {
+        vec![]
     } else if new {
         let (home, note) = shares::default_shares();
         if let Some(n) = note {
@@ -73,10 +61,13 @@ fn resolve_shares(m: &Machine, new: bool, a: ShareArgs) -> Result<Vec<shares::Ho
         }
         home
     } else {
-        return m.shares();
+        m.shares()?
     };
-    shares::check_distinct(&list)?;
-    m.save_shares(&list)?;
+    let changed = new || a.none || !a.specs.is_empty();
+    let list = shares::resolve(base, a.specs, a.none)?;
+    if changed {
+        m.save_shares(&list)?;
+    }
     Ok(list)
 }
 

@@ -52,6 +52,17 @@ pub fn default_shares() -> (Vec<HostShare>, Option<String>) {
     }
 }
 
+/// The list a machine boots with. `base` is where it starts: the home share for a new machine, what an
+/// existing one remembers; `--no-share` (`none`) empties it. `--share` entries are added, each replacing
+/// one with the same guest path.
+pub fn resolve(base: Vec<HostShare>, specs: Vec<HostShare>, none: bool) -> Result<Vec<HostShare>> {
+    let mut list: Vec<HostShare> =
+        if none { vec![] } else { base.into_iter().filter(|b| !specs.iter().any(|s| s.guest == b.guest)).collect() };
+    list.extend(specs);
+    check_distinct(&list)?;
+    Ok(list)
+}
+
 /// Two shares on one guest path cannot both be mounted.
 pub fn check_distinct(shares: &[HostShare]) -> Result<()> {
     for (i, a) in shares.iter().enumerate() {
@@ -153,6 +164,22 @@ mod tests {
         assert_eq!(from_json(&json, Path::new("x")).unwrap(), two.to_vec());
         assert!(from_json("{}", Path::new("x")).is_err());
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn resolve_adds_replaces_and_clears() {
+        let s = |h: &str, g: &str| HostShare { host: h.into(), guest: g.into(), read_only: false };
+        let home = vec![s("/home/a", "/home/a")];
+        assert_eq!(resolve(home.clone(), vec![], false).unwrap(), home, "no flags: the base as it is");
+        assert_eq!(resolve(home.clone(), vec![s("/data", "/data")], false).unwrap(), vec![s("/home/a", "/home/a"), s("/data", "/data")]);
+        assert_eq!(
+            resolve(home.clone(), vec![s("/other", "/home/a")], false).unwrap(),
+            vec![s("/other", "/home/a")],
+            "same guest path: replaced"
+        );
+        assert!(resolve(home.clone(), vec![], true).unwrap().is_empty(), "--no-share");
+        assert_eq!(resolve(home, vec![s("/data", "/data")], true).unwrap(), vec![s("/data", "/data")], "--no-share --share");
+        assert!(resolve(vec![], vec![s("/a", "/x"), s("/b", "/x")], false).is_err());
     }
 
     #[test]

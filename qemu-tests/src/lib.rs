@@ -17,6 +17,18 @@ pub fn out_dir() -> PathBuf {
     std::env::var_os("FERRY_OUT").map(PathBuf::from).unwrap_or_else(|| repo().join("out"))
 }
 
+/// Keep every guest of a suite on this machine: SNTP off (`ntpserver=`: no lookups of pool.ntp.org), and
+/// QEMU's user network restricted so a guest can reach neither the host nor beyond (forwards still work).
+/// A test that needs the guest to reach the host's loopback (the SNTP case) clears these for its boot.
+pub fn isolate_guests() {
+    if std::env::var_os("FERRY_APPEND").is_none() {
+        std::env::set_var("FERRY_APPEND", "ntpserver=");
+    }
+    if std::env::var_os("FERRY_NET_RESTRICT").is_none() {
+        std::env::set_var("FERRY_NET_RESTRICT", "1");
+    }
+}
+
 pub struct Report {
     pub passed: usize,
     pub failed: Vec<String>,
@@ -242,7 +254,7 @@ pub fn text_has(text: &str, wants: &[&str]) -> Result<String, String> {
     if missing.is_empty() {
         Ok(String::new())
     } else {
-        Err(format!("console lacks {missing:?}"))
+        Err(format!("lacks {missing:?}"))
     }
 }
 

@@ -16,6 +16,7 @@ use std::process::Command;
 const APPEND: &str = "console=ttyS0,115200 quiet panic=-1";
 
 fn main() {
+    isolate_guests();
     let mut r = Report::default();
     println!("disk: Ferry's data disk under QEMU ({}), ferry = {}", ferry_builder::qemu::accel(), ferry_bin().display());
     let home = std::env::temp_dir().join(format!("ferry-disk-{}", std::process::id()));
@@ -50,7 +51,7 @@ fn boot(m: &Machine, extra: &str, drives: Vec<Drive>) -> Result<(), String> {
     l.start().map_err(|e| e.to_string())
 }
 
-/// 1. The first bytes of `ferry disk create --ssh-key` equal the tar docker-machine makes (Go's
+/// Case 1: the first bytes of `ferry disk create --ssh-key` equal the tar docker-machine makes (Go's
 /// archive/tar with docker-machine's headers), followed by zeros.
 fn docker_machine_bytes(r: &mut Report, home: &Path) {
     r.check(
@@ -109,7 +110,7 @@ fn docker_machine_bytes(r: &mut Report, home: &Path) {
                     .and_then(|s| s.split([',', '}']).next())
                     .and_then(|s| s.trim().parse().ok())
                     .unwrap_or(0);
-                if size < 3 << 30 || size > (3 << 30) + (256 << 20) {
+                if !(3 << 30..=(3 << 30) + (256 << 20)).contains(&size) {
                     return Err(format!("{f}: virtual size {size}"));
                 }
                 let head = run(
@@ -196,7 +197,7 @@ fn dm_profile() -> String {
 const DOCKERD_ENV: &str =
     "sudo sh -c 'for p in /proc/[0-9]*; do [ \"$(cat $p/comm 2>/dev/null)\" = dockerd ] && tr \"\\0\" \"\\n\" < $p/environ; done; true'";
 
-/// 2. ferry up with its disk; docker-machine's provisioning steps; hostile profiles; reboot after growth.
+/// Case 2: ferry up with its disk; docker-machine's provisioning steps; hostile profiles; reboot after growth.
 fn provisioner_and_reboot(r: &mut Report, home: &Path) {
     let up = ferry(home, &["up", "dm"], 40 * MIN);
     let Some(env) = up.as_ref().ok().and_then(|o| DockerEnv::parse(o)) else {
@@ -455,7 +456,7 @@ fn provisioner_and_reboot(r: &mut Report, home: &Path) {
     );
 }
 
-/// 3. Power cuts during the first boot at named points; the next boot must finish the setup with the
+/// Case 3: power cuts during the first boot at named points; the next boot must finish the setup with the
 /// keys from the disk's userdata.
 fn power_cuts(r: &mut Report, home: &Path) {
     for point in ["after-userdata", "mid-mkfs", "before-gpt", "mid-gpt", "after-gpt"] {
@@ -497,7 +498,7 @@ fn power_cuts(r: &mut Report, home: &Path) {
     }
 }
 
-/// 4. Foreign disks of several kinds on AHCI, two format-me disks on NVMe (the larger one has hostile
+/// Case 4: foreign disks of several kinds on AHCI, two format-me disks on NVMe (the larger one has hostile
 /// userdata). Only the larger format-me disk may be written.
 fn foreign_disks(r: &mut Report, home: &Path) {
     let dir = home.join("foreign");

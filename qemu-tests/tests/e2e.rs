@@ -7,8 +7,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn main() {
+    isolate_guests();
     let mut r = Report::default();
-    println!("e2e: Ferry under QEMU ({}), ferry = {}", std::env::var("FERRY_ACCEL").unwrap_or("tcg".into()), ferry_bin().display());
+    println!("e2e: Ferry under QEMU ({}), ferry = {}", ferry_builder::qemu::accel(), ferry_bin().display());
     if !ferry_bin().is_file() {
         r.check("ferry binary present", Err(format!("{} missing: run ./ferry test (it builds first)", ferry_bin().display())));
         r.finish("e2e");
@@ -55,8 +56,10 @@ fn main() {
                 "[modules] done in",
                 "[clock] done in",
                 "[network] done in",
+                "[time] done in",
                 "[disk] done in",
                 "[userdata] done in",
+                "[shares] done in",
                 "[services] done in",
                 "engine ready",
             ]

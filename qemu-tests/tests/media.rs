@@ -14,6 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn main() {
+    isolate_guests();
     let mut r = Report::default();
     println!("media: Ferry's ISO and raw image ({}), ferry = {}", ferry_builder::qemu::accel(), ferry_bin().display());
     let home = std::env::temp_dir().join(format!("ferry-media-{}", std::process::id()));
@@ -98,7 +99,7 @@ fn validators(r: &mut Report, home: &Path) {
             let ok = u32_le(&head, 432) == lba * 4
                 && head[446] == 0x80
                 && head[450 + 16] == 0xEF
-                && &head[510..512] == [0x55, 0xAA]
+                && head[510..512] == [0x55, 0xAA]
                 && fd.contains(" ef ");
             if ok {
                 Ok(String::new())

@@ -92,6 +92,7 @@ impl Rng {
 }
 
 fn main() {
+    isolate_guests();
     let counts = Counts::from_env();
     let seed: u64 = std::env::var("FERRY_SEED")
         .ok()
