@@ -37,7 +37,11 @@ pub struct Choice {
 
 /// How long a probe may take. Under working KVM it powers off in about a second; a nested KVM that
 /// fails either exits at once or leaves QEMU paused on the error, which only the timeout ends.
-const PROBE_LIMIT: Duration = Duration::from_secs(20);
+const PROBE_LIMIT: Duration = Duration::from_secs(30);
+
+/// How long a probe that only ran out of time is believed: a busy host is slow under KVM too, so such a
+/// verdict is tried again later, but not by every QEMU started meanwhile.
+const INCONCLUSIVE_FOR: Duration = Duration::from_secs(3600);
 
 /// The acceleration for every QEMU this process starts, decided once and said once on stderr.
 pub fn choice() -> &'static Choice {
@@ -73,12 +77,19 @@ pub fn decide(forced: Option<&str>, dev_kvm: bool, cache: &Path, kernel: &Option
     if let Some(c) = read_cache(cache, &key) {
         return Choice { kind: c.kind, reason: format!("{}; cached in {}", c.reason, cache.display()) };
     }
-    let c = probe(kernel, initrd);
-    write_cache(cache, &key, &c);
+    let small = early_segment(initrd, &cache.with_extension("initrd"));
+    let (c, conclusive) = probe(kernel, small.as_deref().unwrap_or(initrd));
+    let until = (!conclusive).then(|| unix_now() + INCONCLUSIVE_FOR.as_secs());
+    write_cache(cache, &key, &c, until);
     c
 }
 
-fn probe(kernel: &Path, initrd: &Path) -> Choice {
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The choice, and whether it is conclusive (the VM powered off, or QEMU reported a KVM failure).
+fn probe(kernel: &Path, initrd: &Path) -> (Choice, bool) {
     let t = Instant::now();
     let child = Command::new("qemu-system-x86_64")
         .args([
@@ -112,7 +123,7 @@ fn probe(kernel: &Path, initrd: &Path) -> Choice {
         .spawn();
     let mut child = match child {
         Ok(c) => c,
-        Err(e) => return Choice { kind: Kind::Tcg, reason: format!("KVM probe: cannot run qemu-system-x86_64: {e}") },
+        Err(e) => return (Choice { kind: Kind::Tcg, reason: format!("KVM probe: cannot run qemu-system-x86_64: {e}") }, false),
     };
     // QEMU prints the KVM failure and then sits paused: watch stderr and end the probe at once.
     let err = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
@@ -148,7 +159,7 @@ fn probe(kernel: &Path, initrd: &Path) -> Choice {
     let err = err.lock().map(|s| s.clone()).unwrap_or_default();
     let first = err.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
     let secs = t.elapsed().as_secs_f64();
-    match status {
+    let choice = match status {
         Some(st) if st.success() => Choice { kind: Kind::Kvm, reason: format!("a probe VM booted under KVM in {secs:.1}s") },
         Some(st) => Choice {
             kind: Kind::Tcg,
@@ -164,11 +175,29 @@ fn probe(kernel: &Path, initrd: &Path) -> Choice {
         None => Choice {
             kind: Kind::Tcg,
             reason: format!(
-                "/dev/kvm exists but the probe VM did not power off within {}s; using software emulation",
+                "/dev/kvm exists but the probe VM did not power off within {}s; using software emulation, probing again in an hour",
                 PROBE_LIMIT.as_secs()
             ),
         },
-    }
+    };
+    let conclusive = status.is_some() || !first.is_empty();
+    (choice, conclusive)
+}
+
+/// initrd.img is a small gzip-compressed newc archive (init, busybox, early modules) followed by the
+/// uncompressed squashfs one; `ferry.bench=poweroff` needs only the first. Copying 109 MB into guest memory
+/// is what makes a probe slow under nested KVM, so write the first segment to `to` and boot that.
+fn early_segment(initrd: &Path, to: &Path) -> Option<PathBuf> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    std::fs::File::open(initrd).ok()?.take(64 << 20).read_to_end(&mut head).ok()?;
+    let mut d = flate2::bufread::GzDecoder::new(&head[..]);
+    std::io::copy(&mut d, &mut std::io::sink()).ok()?;
+    let used = head.len() - d.into_inner().len();
+    let tmp = to.with_extension(format!("{}.part", std::process::id()));
+    std::fs::write(&tmp, &head[..used]).ok()?;
+    std::fs::rename(&tmp, to).ok()?;
+    Some(to.to_path_buf())
 }
 
 /// The kernel and initrd the probe boots: the build's own (`FERRY_OUT`, else the checkout's out/).
@@ -201,7 +230,8 @@ fn host_key() -> String {
     format!("{kernel} | {qemu}")
 }
 
-/// Cache format: line 1 the host key, line 2 `kvm` or `tcg`, line 3 the reason.
+/// Cache format: line 1 the host key, line 2 `kvm` or `tcg`, line 3 the reason, line 4 (optional) the
+/// unix time after which the verdict no longer counts.
 fn read_cache(path: &Path, key: &str) -> Option<Choice> {
     let t = std::fs::read_to_string(path).ok()?;
     let mut l = t.lines();
@@ -209,15 +239,22 @@ fn read_cache(path: &Path, key: &str) -> Option<Choice> {
         return None;
     }
     let kind = Kind::parse(l.next()?)?;
-    Some(Choice { kind, reason: l.next().unwrap_or("").to_string() })
+    let reason = l.next().unwrap_or("").to_string();
+    if let Some(until) = l.next().and_then(|u| u.trim().parse::<u64>().ok()) {
+        if unix_now() > until {
+            return None;
+        }
+    }
+    Some(Choice { kind, reason })
 }
 
-fn write_cache(path: &Path, key: &str, c: &Choice) {
+fn write_cache(path: &Path, key: &str, c: &Choice, until: Option<u64>) {
     if let Some(d) = path.parent() {
         let _ = std::fs::create_dir_all(d);
     }
     let tmp = path.with_extension(format!("{}.part", std::process::id()));
-    if std::fs::write(&tmp, format!("{key}\n{}\n{}\n", c.kind.name(), c.reason)).is_ok() {
+    let until = until.map(|u| format!("{u}\n")).unwrap_or_default();
+    if std::fs::write(&tmp, format!("{key}\n{}\n{}\n{until}", c.kind.name(), c.reason)).is_ok() {
         let _ = std::fs::rename(&tmp, path);
     }
 }
@@ -256,16 +293,21 @@ mod tests {
     #[test]
     fn cache_is_used_only_for_the_same_host() {
         let c = tmp("cache");
-        write_cache(&c, &host_key(), &Choice { kind: Kind::Kvm, reason: "probe ok".into() });
+        write_cache(&c, &host_key(), &Choice { kind: Kind::Kvm, reason: "probe ok".into() }, None);
         let d = decide(None, true, &c, &None);
         assert_eq!(d.kind, Kind::Kvm);
         assert!(d.reason.contains("probe ok") && d.reason.contains("cached"), "{}", d.reason);
         // Another kernel or QEMU: the entry does not count, and without an image nothing is probed.
-        write_cache(&c, "another kernel | another qemu", &Choice { kind: Kind::Kvm, reason: "old".into() });
+        write_cache(&c, "another kernel | another qemu", &Choice { kind: Kind::Kvm, reason: "old".into() }, None);
         let d = decide(None, true, &c, &None);
         assert_eq!(d.kind, Kind::Tcg);
         assert!(d.reason.contains("no built image"), "{}", d.reason);
         // No /dev/kvm: the cache is not even read.
         assert_eq!(decide(None, false, &c, &None).reason, "no /dev/kvm");
+        // A timed-out verdict counts until its time is up, then the host is probed again.
+        write_cache(&c, &host_key(), &Choice { kind: Kind::Tcg, reason: "timed out".into() }, Some(unix_now() + 60));
+        assert!(decide(None, true, &c, &None).reason.contains("timed out"));
+        write_cache(&c, &host_key(), &Choice { kind: Kind::Tcg, reason: "timed out".into() }, Some(unix_now() - 1));
+        assert!(decide(None, true, &c, &None).reason.contains("no built image"), "expired: probed again (no image here)");
     }
 }
