@@ -3,7 +3,7 @@
 //! and `ferry.bench=poweroff`, which powers off as soon as PID 1 runs) must boot under KVM first. The
 //! verdict is cached per host kernel and QEMU binary; `FERRY_ACCEL=kvm|tcg` overrides everything.
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -91,32 +91,7 @@ fn unix_now() -> u64 {
 /// The choice, and whether it is conclusive (the VM powered off, or QEMU reported a KVM failure).
 fn probe(kernel: &Path, initrd: &Path) -> (Choice, bool) {
     let t = Instant::now();
-    let child = Command::new("qemu-system-x86_64")
-        .args([
-            "-machine",
-            "q35",
-            "-accel",
-            "kvm",
-            "-cpu",
-            "host",
-            "-m",
-            "512",
-            "-smp",
-            "1",
-            "-display",
-            "none",
-            "-vga",
-            "none",
-            "-nodefaults",
-            "-no-reboot",
-            "-serial",
-            "none",
-            "-kernel",
-        ])
-        .arg(kernel)
-        .arg("-initrd")
-        .arg(initrd)
-        .args(["-append", "console=ttyS0 quiet panic=-1 ferry.bench=poweroff"])
+    let child = crate::qemu::poweroff_boot("kvm", "host", 512, 1, kernel, initrd)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

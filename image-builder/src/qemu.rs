@@ -157,6 +157,19 @@ pub fn accel_arg() -> String {
     }
 }
 
+/// A VM that boots `kernel` with `initrd` and `ferry.bench=poweroff`, so PID 1 powers it off as soon as it
+/// runs: the KVM probe (accel.rs) and the boot bench's kernel-only figure. No devices, no console.
+pub fn poweroff_boot(accel: &str, cpu: &str, memory_mb: u32, cpus: u32, kernel: &Path, initrd: &Path) -> std::process::Command {
+    let mut c = std::process::Command::new("qemu-system-x86_64");
+    c.args(["-machine", "q35", "-accel", accel, "-cpu", cpu, "-m", &memory_mb.to_string(), "-smp", &cpus.to_string()])
+        .args(["-display", "none", "-vga", "none", "-nodefaults", "-no-reboot", "-serial", "none", "-kernel"])
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 quiet panic=-1 ferry.bench=poweroff"]);
+    c
+}
+
 impl Launch {
     pub fn args(&self) -> Vec<String> {
         let hw = &self.hardware;

@@ -5,7 +5,6 @@ use ferry_builder::cpio::{Body, Writer};
 use ferry_builder::machine::Machine;
 use ferry_builder::{ping, qemu};
 use qemu_tests::*;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,33 +31,7 @@ fn main() {
     std::fs::create_dir_all(&home).unwrap();
     std::fs::write(&tiny, w.finish()).unwrap();
     let t = Instant::now();
-    let st = Command::new("qemu-system-x86_64")
-        .args([
-            "-machine",
-            "q35",
-            "-accel",
-            &qemu::accel_arg(),
-            "-cpu",
-            "max",
-            "-m",
-            "2048",
-            "-smp",
-            "2",
-            "-display",
-            "none",
-            "-vga",
-            "none",
-            "-no-reboot",
-            "-serial",
-            "null",
-            "-kernel",
-        ])
-        .arg(&vmlinuz)
-        .arg("-initrd")
-        .arg(&tiny)
-        .args(["-append", "console=ttyS0 quiet panic=-1 ferry.bench=poweroff"])
-        .status()
-        .expect("qemu-system-x86_64");
+    let st = qemu::poweroff_boot(&qemu::accel_arg(), "max", 2048, 2, &vmlinuz, &tiny).status().expect("qemu-system-x86_64");
     let kernel_only = t.elapsed();
     assert!(st.success(), "kernel-only boot failed: {st}");
 
