@@ -234,15 +234,11 @@ fn write_cache(path: &Path, key: &str, c: &Choice, until: Option<u64>) {
     }
 }
 
-fn lock(cache: &Path) -> Option<std::fs::File> {
-    use std::os::fd::AsRawFd;
-    let p = cache.with_extension("lock");
-    if let Some(d) = p.parent() {
+fn lock(cache: &Path) -> Option<crate::util::FileLock> {
+    if let Some(d) = cache.parent() {
         let _ = std::fs::create_dir_all(d);
     }
-    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&p).ok()?;
-    // SAFETY: flock(2) on a descriptor we own; it blocks until the other prober is done.
-    (unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0).then_some(f)
+    crate::util::FileLock::take(&cache.with_extension("lock"), "another process is probing KVM; waiting for its verdict").ok()
 }
 
 #[cfg(test)]

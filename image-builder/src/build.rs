@@ -102,7 +102,7 @@ fn is_current(inp: &Inputs) -> bool {
 /// out/ current. (Two at once both wrote out/.work, and one booted a squashfs the other had replaced.)
 pub fn ensure(inp: &Inputs, force: bool) -> Result<bool> {
     std::fs::create_dir_all(&inp.out).ctx(|| format!("create {}", inp.out.display()))?;
-    let _lock = OutLock::take(&inp.out)?;
+    let _lock = out_lock(&inp.out)?;
     if !force && is_current(inp) {
         return Ok(false);
     }
@@ -111,33 +111,8 @@ pub fn ensure(inp: &Inputs, force: bool) -> Result<bool> {
 }
 
 /// An exclusive flock on `<out>/.lock`, released when dropped (or when the process dies).
-struct OutLock {
-    _held: std::fs::File,
-}
-
-impl OutLock {
-    fn take(out: &Path) -> Result<OutLock> {
-        let path = out.join(".lock");
-        let f =
-            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).ctx(|| format!("open {}", path.display()))?;
-        use std::os::fd::AsRawFd;
-        let lock = |how| {
-            // SAFETY: flock on a descriptor this function owns.
-            if unsafe { libc::flock(f.as_raw_fd(), how) } == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        };
-        if let Err(e) = lock(libc::LOCK_EX | libc::LOCK_NB) {
-            if e.kind() != std::io::ErrorKind::WouldBlock {
-                return Err(e).ctx(|| format!("lock {}", path.display()));
-            }
-            eprintln!("ferry: another build into {} is running; waiting for it to finish", out.display());
-            lock(libc::LOCK_EX).ctx(|| format!("lock {}", path.display()))?;
-        }
-        Ok(OutLock { _held: f })
-    }
+fn out_lock(out: &Path) -> Result<util::FileLock> {
+    util::FileLock::take(&out.join(".lock"), &format!("another build into {} is running; waiting for it to finish", out.display()))
 }
 
 fn kernel_version(tree: &Path) -> Result<String> {
@@ -391,7 +366,7 @@ fn initramfs(inp: &Inputs, kver: &str, early_dir: &Path, busybox: &[u8], squash:
 
 #[cfg(test)]
 mod tests {
-    use super::OutLock;
+    use super::out_lock;
     use std::time::{Duration, Instant};
 
     /// A second taker waits until the first lock is dropped.
@@ -399,11 +374,11 @@ mod tests {
     fn the_out_lock_makes_a_second_build_wait() {
         let out = std::env::temp_dir().join(format!("ferry-outlock-{}", std::process::id()));
         std::fs::create_dir_all(&out).unwrap();
-        let first = OutLock::take(&out).unwrap();
+        let first = out_lock(&out).unwrap();
         let o = out.clone();
         let second = std::thread::spawn(move || {
             let t = Instant::now();
-            let _l = OutLock::take(&o).unwrap();
+            let _l = out_lock(&o).unwrap();
             t.elapsed()
         });
         std::thread::sleep(Duration::from_millis(300));

@@ -145,7 +145,8 @@ fn run(args: &[String]) -> Result<i32> {
     }
 }
 
-/// `--share` values (relative to the user's directory) and `--no-share`: None keeps what the machine has.
+/// `--share` values (relative to the user's directory) and `--no-share`; neither given keeps what the
+/// machine has.
 struct ShareArgs {
     specs: Vec<shares::HostShare>,
     none: bool,

@@ -272,13 +272,7 @@ impl Launch {
                 // SAFETY: only fcntl(2) between fork and exec, on a descriptor we own.
                 unsafe {
                     cmd.pre_exec(
-                        move || {
-                            if libc::fcntl(fd, libc::F_SETFD, 0) == 0 {
-                                Ok(())
-                            } else {
-                                Err(std::io::Error::last_os_error())
-                            }
-                        },
+                        move || if libc::fcntl(fd, libc::F_SETFD, 0) == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) },
                     );
                 }
                 Some(f)

@@ -62,13 +62,44 @@ pub fn repo_root() -> Result<PathBuf> {
     Err(Error::msg("cannot find the Ferry checkout (set FERRY_REPO to it)"))
 }
 
-/// Download cache outside the checkout (~/.cache/ferry), keyed by content.
 /// The directory the user ran `ferry` from: the `./ferry` wrapper changes into the checkout and passes the
 /// user's own directory in FERRY_CWD, so relative paths mean what the user meant.
 pub fn user_cwd() -> PathBuf {
     std::env::var_os("FERRY_CWD").map(PathBuf::from).or_else(|| std::env::current_dir().ok()).unwrap_or_else(|| PathBuf::from("/"))
 }
 
+/// An exclusive `flock` on a file, held until dropped (or until the process dies).
+pub struct FileLock {
+    _held: std::fs::File,
+}
+
+impl FileLock {
+    /// Take the lock on `path` (created if missing), saying `waiting` on stderr when another holder makes
+    /// us wait.
+    pub fn take(path: &Path, waiting: &str) -> Result<FileLock> {
+        let f =
+            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).ctx(|| format!("open {}", path.display()))?;
+        use std::os::fd::AsRawFd;
+        let lock = |how| {
+            // SAFETY: flock on a descriptor this function owns.
+            if unsafe { libc::flock(f.as_raw_fd(), how) } == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        };
+        if let Err(e) = lock(libc::LOCK_EX | libc::LOCK_NB) {
+            if e.kind() != std::io::ErrorKind::WouldBlock {
+                return Err(e).ctx(|| format!("lock {}", path.display()));
+            }
+            eprintln!("ferry: {waiting}");
+            lock(libc::LOCK_EX).ctx(|| format!("lock {}", path.display()))?;
+        }
+        Ok(FileLock { _held: f })
+    }
+}
+
+/// Download cache outside the checkout (~/.cache/ferry), keyed by content.
 pub fn cache_dir() -> PathBuf {
     if let Ok(c) = std::env::var("FERRY_CACHE") {
         return PathBuf::from(c);

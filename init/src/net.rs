@@ -128,33 +128,35 @@ pub fn mac(name: &str) -> Result<[u8; 6]> {
 /// in any order, so a later answer from an earlier NIC takes the route over.
 #[derive(Debug, Default)]
 pub struct DefaultRoute {
-    pub held: Option<(usize, String, Ipv4Addr)>,
+    held: Option<(usize, String, Ipv4Addr)>,
 }
 
 impl DefaultRoute {
-    /// What to do when NIC number `index` offers gateway `gw`: None (keep), or Some((remove, add)).
-    #[allow(clippy::type_complexity)]
-    pub fn offer(&self, index: usize, nic: &str, gw: Ipv4Addr) -> Option<(Option<(String, Ipv4Addr)>, (String, Ipv4Addr))> {
+    pub const fn new() -> DefaultRoute {
+        DefaultRoute { held: None }
+    }
+
+    /// Whether NIC number `index` offering gateway `gw` takes the route: None (keep the route as it is),
+    /// or Some(the route it replaces, if any).
+    pub fn offer(&self, index: usize, nic: &str, gw: Ipv4Addr) -> Option<Option<(String, Ipv4Addr)>> {
         match &self.held {
             Some((i, n, g)) if *i < index || (*i == index && *g == gw && n == nic) => None,
-            Some((_, n, g)) => Some((Some((n.clone(), *g)), (nic.to_string(), gw))),
-            None => Some((None, (nic.to_string(), gw))),
+            Some((_, n, g)) => Some(Some((n.clone(), *g))),
+            None => Some(None),
         }
     }
 
-    /// Apply an offer's plan to the routing table; returns a line for the console when the route moved.
+    /// Apply an offer to the routing table; returns a line for the console when the route moved.
     pub fn take(&mut self, index: usize, nic: &str, gw: Ipv4Addr) -> Result<Option<String>> {
-        let Some((remove, (n, g))) = self.offer(index, nic, gw) else { return Ok(None) };
-        if let Some((rn, rg)) = &remove {
+        let Some(replaced) = self.offer(index, nic, gw) else { return Ok(None) };
+        if let Some((rn, rg)) = &replaced {
             del_default_route(rn, *rg)?;
         }
-        add_default_route(&n, g)?;
-        self.held = Some((index, n.clone(), g));
-        Ok(Some(match remove {
-            Some((rn, rg)) => {
-                format!("network: default route via {g} on {n} (was via {rg} on {rn})")
-            }
-            None => format!("network: default route via {g} on {n}"),
+        add_default_route(nic, gw)?;
+        self.held = Some((index, nic.to_string(), gw));
+        Ok(Some(match replaced {
+            Some((rn, rg)) => format!("network: default route via {gw} on {nic} (was via {rg} on {rn})"),
+            None => format!("network: default route via {gw} on {nic}"),
         }))
     }
 }
@@ -195,10 +197,10 @@ mod tests {
     fn one_default_route_through_the_first_nic_with_a_gateway() {
         let gw = |s: &str| s.parse::<Ipv4Addr>().unwrap();
         let mut r = DefaultRoute::default();
-        assert_eq!(r.offer(1, "eth1", gw("192.168.56.2")), Some((None, ("eth1".into(), gw("192.168.56.2")))));
+        assert_eq!(r.offer(1, "eth1", gw("192.168.56.2")), Some(None));
         r.held = Some((1, "eth1".into(), gw("192.168.56.2")));
         // eth0 answers later: it takes the route over; eth2 never does; a renewal changes nothing.
-        assert_eq!(r.offer(0, "eth0", gw("10.0.2.2")), Some((Some(("eth1".into(), gw("192.168.56.2"))), ("eth0".into(), gw("10.0.2.2")))));
+        assert_eq!(r.offer(0, "eth0", gw("10.0.2.2")), Some(Some(("eth1".into(), gw("192.168.56.2")))));
         assert_eq!(r.offer(2, "eth2", gw("10.0.9.2")), None);
         assert_eq!(r.offer(1, "eth1", gw("192.168.56.2")), None);
         // A new gateway on the holder moves the route.

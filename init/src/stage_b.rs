@@ -159,7 +159,7 @@ fn pick_hostname(c: &Cmdline) -> String {
 }
 
 /// The one default route and the DNS servers every NIC has offered, shared by the DHCP threads.
-static ROUTE: std::sync::Mutex<net::DefaultRoute> = std::sync::Mutex::new(net::DefaultRoute { held: None });
+static ROUTE: std::sync::Mutex<net::DefaultRoute> = std::sync::Mutex::new(net::DefaultRoute::new());
 static DNS: std::sync::Mutex<Vec<Ipv4Addr>> = std::sync::Mutex::new(Vec::new());
 
 fn network(hostname: &str, ip: &[ipconfig::IpArg]) -> Result<()> {
@@ -208,24 +208,25 @@ fn network(hostname: &str, ip: &[ipconfig::IpArg]) -> Result<()> {
     Ok(())
 }
 
+/// Add the servers `list` lacks, in order.
+fn merge(list: &mut Vec<Ipv4Addr>, servers: &[Ipv4Addr]) {
+    for s in servers {
+        if !list.contains(s) {
+            list.push(*s);
+        }
+    }
+}
+
 fn add_dns(servers: &[Ipv4Addr]) {
     if let Ok(mut dns) = DNS.lock() {
-        for d in servers {
-            if !dns.contains(d) {
-                dns.push(*d);
-            }
-        }
+        merge(&mut dns, servers);
         let _ = sys::write_atomic("/etc/resolv.conf", net::resolv_conf(&dns).as_bytes(), 0o644);
     }
 }
 
 fn add_ntp(servers: &[Ipv4Addr]) {
     if let Ok(mut ntp) = timesync::DHCP_NTP.lock() {
-        for a in servers {
-            if !ntp.contains(a) {
-                ntp.push(*a);
-            }
-        }
+        merge(&mut ntp, servers);
     }
 }
 

@@ -90,12 +90,8 @@ pub fn profile_ntp_server() -> Option<String> {
     out.strip_prefix("set:").map(str::to_string)
 }
 
-fn system_now() -> f64 {
-    sntp::unix_now()
-}
-
 fn step_by(offset: f64) -> bool {
-    let t = system_now() + offset;
+    let t = sntp::unix_now() + offset;
     let ts = libc::timespec { tv_sec: t.floor() as libc::time_t, tv_nsec: ((t - t.floor()) * 1e9) as libc::c_long };
     // SAFETY: valid timespec pointer; CLOCK_REALTIME may be set by PID 1.
     unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) == 0 }
@@ -114,7 +110,7 @@ fn rtc_tick() -> Option<(f64, f64)> {
         std::thread::sleep(Duration::from_millis(4));
         let now = rtc_seconds()?;
         if now != first {
-            return Some((now as f64, system_now()));
+            return Some((now as f64, sntp::unix_now()));
         }
     }
     None
@@ -234,7 +230,7 @@ impl Sync {
             std::thread::sleep(Duration::from_secs(5));
             if let (Some(off), Some(rtc)) = (self.rtc_offset, rtc_seconds()) {
                 // One-second RTC resolution: only a gap well past it counts as a jump.
-                let gap = (rtc as f64 + off) - system_now();
+                let gap = (rtc as f64 + off) - sntp::unix_now();
                 if gap.abs() > 2.0 {
                     if let Some((rtc, sys)) = rtc_tick() {
                         let gap = (rtc + off) - sys;

@@ -309,15 +309,7 @@ fn bad_boot(
             return None;
         }
     };
-    let console = || std::fs::read_to_string(m.path("console.log")).unwrap_or_default();
-    let ready = retry(10 * MIN, || {
-        if console().contains("engine ready") {
-            Ok(())
-        } else {
-            Err(format!("console tail: {}", console().lines().rev().take(10).collect::<Vec<_>>().join(" | ")))
-        }
-    });
-    if let Err(e) = ready {
+    if let Err(e) = wait_console(&m, "engine ready", 10 * MIN) {
         r.check(&format!("{name}: engine comes up"), Err(e));
         let _ = run(Command::new(ferry_bin()).args(["stop", name]).env("FERRY_HOME", home), None, 3 * MIN);
         return None;

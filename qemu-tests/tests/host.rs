@@ -573,14 +573,7 @@ fn rtc_boot(r: &mut Report, fhome: &Path) {
             return;
         }
     };
-    let ready = retry(10 * MIN, || {
-        if console(&m).contains("engine ready") {
-            Ok(())
-        } else {
-            Err(format!("console tail: {}", console(&m).lines().rev().take(8).collect::<Vec<_>>().join(" | ")))
-        }
-    });
-    if let Err(e) = ready {
+    if let Err(e) = wait_console(&m, "engine ready", 10 * MIN) {
         r.check("RTC years off: the engine comes up", Err(e));
         kill_qemu(&m.path("qemu.pid"));
         return;
