@@ -7,8 +7,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
 pub const SOCKET: &str = "/var/run/docker.sock";
-/// dockerd's own flags: unix socket only (the front door owns TCP), overlay2 on cgroup v2.
-pub const ARGS: &[&str] = &["-H", "unix:///var/run/docker.sock", "--storage-driver", "overlay2", "--shutdown-timeout", "15"];
+/// dockerd's own flags: unix socket only (the front door owns TCP).
+pub const ARGS: &[&str] = &["-H", "unix:///var/run/docker.sock"];
+/// Defaults a user may override, from the profile's flags (long or short) or daemon.json (by its key):
+/// (flag, short flag, daemon.json key, value). overlay2 on cgroup v2; containers get 15 s to stop.
+pub const DEFAULTS: &[(&str, &str, &str, &str)] =
+    &[("--storage-driver", "-s", "storage-driver", "overlay2"), ("--shutdown-timeout", "", "shutdown-timeout", "15")];
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(22);
 /// dockerd writes its pid here; a dockerd left by a previous engine manager is found through it.
 pub const PID_FILE: &str = "/var/run/docker.pid";
@@ -38,6 +42,8 @@ pub struct Dockerd {
     /// From the profile: extra flags and environment for the next start.
     pub extra_args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Top-level keys of the config file dockerd reads.
+    pub config_keys: Vec<String>,
     failures: u32,
     started: Option<Instant>,
     /// Last exit or failed start (restart back-off counts from here).
@@ -55,6 +61,7 @@ impl Dockerd {
             wanted: true,
             extra_args: vec![],
             env: vec![],
+            config_keys: vec![],
             failures: 0,
             started: None,
             stopped_at: None,
@@ -75,18 +82,18 @@ impl Dockerd {
         Some(pid)
     }
 
-    /// ARGS plus the profile's flags; a storage driver from the profile replaces the default one.
+    /// ARGS, the defaults the profile's flags and the config file's keys do not set, then the profile's flags.
+    /// (dockerd refuses a setting given both as a flag and in the config file.)
     pub fn args(&self) -> Vec<String> {
-        let own_driver = self.extra_args.iter().any(|a| a == "-s" || a.starts_with("--storage-driver"));
-        let mut out: Vec<String> = Vec::new();
-        let mut i = 0;
-        while i < ARGS.len() {
-            if own_driver && ARGS[i] == "--storage-driver" {
-                i += 2;
-                continue;
+        let mut out: Vec<String> = ARGS.iter().map(|a| a.to_string()).collect();
+        for (flag, short, key, value) in DEFAULTS {
+            let by_flag = self
+                .extra_args
+                .iter()
+                .any(|a| a == flag || a.starts_with(&format!("{flag}=")) || (!short.is_empty() && a.starts_with(short)));
+            if !by_flag && !self.config_keys.iter().any(|k| k == key) {
+                out.extend([flag.to_string(), value.to_string()]);
             }
-            out.push(ARGS[i].to_string());
-            i += 1;
         }
         out.extend(self.extra_args.iter().cloned());
         out
@@ -243,4 +250,21 @@ pub async fn ping(socket: &Path) -> bool {
         Some(out.starts_with(b"HTTP/1.0 200") || out.starts_with(b"HTTP/1.1 200"))
     };
     tokio::time::timeout(Duration::from_secs(3), attempt).await.ok().flatten().unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_yield_to_the_profile_and_the_config_file() {
+        let mut d = Dockerd::new("/x".into(), "/l".into(), "/s".into());
+        assert_eq!(d.args(), ["-H", "unix:///var/run/docker.sock", "--storage-driver", "overlay2", "--shutdown-timeout", "15"]);
+        d.extra_args = vec!["-s".into(), "vfs".into()];
+        d.config_keys = vec!["shutdown-timeout".into()];
+        assert_eq!(d.args(), ["-H", "unix:///var/run/docker.sock", "-s", "vfs"]);
+        d.extra_args = vec!["--shutdown-timeout=3".into()];
+        d.config_keys = vec!["storage-driver".into()];
+        assert_eq!(d.args(), ["-H", "unix:///var/run/docker.sock", "--shutdown-timeout=3"]);
+    }
 }

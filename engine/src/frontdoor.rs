@@ -277,11 +277,44 @@ pub async fn serve_plain(port: u16, upstream: PathBuf, log: Arc<dyn Fn(&str) + S
     }
 }
 
-/// Copy both ways until both directions are finished.
+/// The lowest API version dockerd 26 accepts (it cannot be lowered: DOCKER_MIN_API_VERSION only raises it).
+pub const API_FLOOR: &[u8; 2] = b"24";
+
+/// docker-machine v0.16's `ls` and `upgrade` ask `GET /v1.15/version`, which dockerd 26 refuses. Only that
+/// read-only request, with a version from 1.12 to 1.23, is raised to 1.24 (two digits for two, so no other
+/// byte of the stream moves); the answer's fields are the same. Returns whether the line was changed.
+pub fn raise_legacy_version(line: &mut [u8]) -> bool {
+    const PREFIX: &[u8] = b"GET /v1.";
+    let Some(rest) = line.strip_prefix(PREFIX) else { return false };
+    let (Some(digits), Some(path)) = (rest.get(..2), rest.get(2..)) else { return false };
+    let minor = std::str::from_utf8(digits).ok().filter(|d| d.bytes().all(|b| b.is_ascii_digit())).and_then(|d| d.parse::<u8>().ok());
+    if !minor.is_some_and(|m| (12..24).contains(&m)) || !(path.starts_with(b"/version ") || path.starts_with(b"/version?")) {
+        return false;
+    }
+    line[PREFIX.len()..PREFIX.len() + 2].copy_from_slice(API_FLOOR);
+    true
+}
+
+/// Copy both ways until both directions are finished. The client's first line is read whole first and
+/// passed through raise_legacy_version.
 pub async fn splice<T: AsyncRead + AsyncWrite + Unpin>(client: T, unix: UnixStream) {
     let (mut cr, mut cw) = tokio::io::split(client);
     let (mut ur, mut uw) = unix.into_split();
     let up = async {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.contains(&b'\n') && head.len() < 4096 {
+            match cr.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        if let Some(end) = head.iter().position(|&b| b == b'\n') {
+            raise_legacy_version(&mut head[..end]);
+        }
+        if !head.is_empty() && (uw.write_all(&head).await.is_err() || uw.flush().await.is_err()) {
+            return;
+        }
         pump(&mut cr, &mut uw).await;
         let _ = uw.shutdown().await; // half-close towards dockerd
     };
@@ -303,5 +336,59 @@ async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(r: &mut R, w: &mut W)
         if w.write_all(&buf[..n]).await.is_err() || w.flush().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_docker_machines_old_version_request_is_raised() {
+        for (before, after) in [
+            ("GET /v1.15/version HTTP/1.1\r", "GET /v1.24/version HTTP/1.1\r"),
+            ("GET /v1.12/version?x=1 HTTP/1.1\r", "GET /v1.24/version?x=1 HTTP/1.1\r"),
+            ("GET /v1.23/version HTTP/1.1\r", "GET /v1.24/version HTTP/1.1\r"),
+        ] {
+            let mut l = before.as_bytes().to_vec();
+            assert!(raise_legacy_version(&mut l), "{before}");
+            assert_eq!(l, after.as_bytes());
+        }
+        for same in [
+            "GET /v1.24/version HTTP/1.1",
+            "GET /v1.45/version HTTP/1.1",
+            "GET /v1.11/version HTTP/1.1",
+            "GET /v1.15/containers/json HTTP/1.1",
+            "POST /v1.15/version HTTP/1.1",
+            "GET /v1.15/versions HTTP/1.1",
+            "GET /v1.1x/version HTTP/1.1",
+            "GET /version HTTP/1.1",
+            "GET /v1.",
+        ] {
+            let mut l = same.as_bytes().to_vec();
+            assert!(!raise_legacy_version(&mut l), "{same}");
+            assert_eq!(l, same.as_bytes());
+        }
+    }
+
+    /// Through the real splice: the first request is raised, the body and later bytes pass untouched,
+    /// and the client's EOF still reaches the socket as a half-close.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn splice_raises_the_first_line_only() {
+        let (client, mut far) = tokio::io::duplex(64 * 1024);
+        let (unix, mut daemon) = UnixStream::pair().unwrap();
+        let task = tokio::spawn(splice(client, unix));
+        far.write_all(b"GET /v1.15/vers").await.unwrap();
+        far.write_all(b"ion HTTP/1.1\r\nHost: d\r\n\r\nGET /v1.15/version HTTP/1.1\r\n\r\n").await.unwrap();
+        far.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        daemon.read_to_end(&mut got).await.unwrap();
+        assert_eq!(String::from_utf8(got).unwrap(), "GET /v1.24/version HTTP/1.1\r\nHost: d\r\n\r\nGET /v1.15/version HTTP/1.1\r\n\r\n");
+        daemon.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        daemon.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        far.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, b"HTTP/1.1 200 OK\r\n\r\n");
+        task.await.unwrap();
     }
 }

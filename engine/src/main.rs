@@ -2,7 +2,7 @@
 //! /etc/init.d/docker).
 use ferry_engine::control::{self, Command, Reply};
 use ferry_engine::dockerd::{self, Dockerd};
-use ferry_engine::{frontdoor, material, profile};
+use ferry_engine::{daemon_config, frontdoor, material, profile};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -161,6 +161,17 @@ impl Engine {
         let p = read_profile().await;
         self.d.extra_args = p.args.clone();
         self.d.env = p.env.clone();
+        // dockerd always reads the cleaned copy; if it cannot be written, dockerd fails to start rather than
+        // read a file that may open a socket.
+        let source = p.config_file.clone().unwrap_or_else(|| daemon_config::DEFAULT.into());
+        match daemon_config::prepare(Path::new(&source), Path::new(daemon_config::CLEANED)) {
+            Ok(prep) => {
+                prep.notes.iter().for_each(|n| log(n));
+                self.d.config_keys = prep.keys;
+            }
+            Err(e) => log(&format!("ERROR: {e}; dockerd cannot read its configuration")),
+        }
+        self.d.extra_args.extend(["--config-file".to_string(), daemon_config::CLEANED.to_string()]);
         match resolve_material(&p).await {
             Ok(m) => {
                 if m.source != self.source {

@@ -98,7 +98,13 @@ pub fn resolve(
     let (gca, gcert, gkey) = (g.join("ca.pem"), g.join("server.pem"), g.join("server-key.pem"));
     if gca.exists() {
         match server_config(&gca, &gcert, &gkey) {
-            Ok(c) => return Ok(Material { config: Arc::new(c), source: format!("generated {}", g.display()) }),
+            Ok(c) => {
+                // The home is in RAM: the docker user's copy of the client bundle is put back every boot.
+                if let Some(cd) = &paths.client_dir {
+                    restore_client_bundle(cd, &g).unwrap_or_else(|e| log(&format!("ERROR: client bundle: {e}")));
+                }
+                return Ok(Material { config: Arc::new(c), source: format!("generated {}", g.display()) });
+            }
             Err(e) => log(&format!("ERROR: generated TLS material unusable ({e}); generating a new set")),
         }
     }
@@ -148,10 +154,57 @@ fn install_client_bundle(dir: &Path, b: &certs::Bundle) -> Result<()> {
     Ok(())
 }
 
+/// Copy the generated client bundle from `generated` into `dir` where a file is missing (a file the user
+/// put there, e.g. from userdata.tar, is left alone).
+fn restore_client_bundle(dir: &Path, generated: &Path) -> Result<()> {
+    for (name, mode) in [("ca.pem", 0o644), ("cert.pem", 0o644), ("key.pem", 0o600)] {
+        let to = dir.join(name);
+        if to.exists() {
+            continue;
+        }
+        let from = generated.join(name);
+        let text = std::fs::read_to_string(&from).ctx(|| format!("read {}", from.display()))?;
+        std::fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
+        certs::write_file(&to, &text, mode)?;
+        chown_docker(&to);
+    }
+    chown_docker(dir);
+    if let Some(parent) = dir.parent() {
+        chown_docker(parent);
+    }
+    Ok(())
+}
+
 fn chown_docker(p: &Path) {
     use std::os::unix::ffi::OsStrExt;
     if let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) {
         // SAFETY: valid C string; failure only means the file keeps root ownership.
         unsafe { libc::lchown(c.as_ptr(), 1000, 50) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reboot keeps tls/generated on the disk but starts with an empty home: the bundle comes back,
+    /// and a file the user placed is not replaced.
+    #[test]
+    fn the_client_bundle_is_restored_after_a_reboot() {
+        let root = std::env::temp_dir().join(format!("ferry-material-{}", std::process::id()));
+        let paths = Paths { tls_dir: root.join("tls"), client_dir: Some(root.join("home/.docker")) };
+        let ips = ["10.0.2.15".parse().unwrap()];
+        resolve(&paths, None, "ferry", &ips, None, &|_| {}).unwrap();
+        let cd = root.join("home/.docker");
+        let first = std::fs::read_to_string(cd.join("cert.pem")).unwrap();
+        std::fs::remove_dir_all(root.join("home")).unwrap();
+        std::fs::create_dir_all(&cd).unwrap();
+        std::fs::write(cd.join("ca.pem"), "mine").unwrap();
+        let m = resolve(&paths, None, "ferry", &ips, None, &|_| {}).unwrap();
+        assert!(m.source.starts_with("generated"));
+        assert_eq!(std::fs::read_to_string(cd.join("cert.pem")).unwrap(), first);
+        assert!(std::fs::read_to_string(cd.join("key.pem")).unwrap().contains("PRIVATE KEY"));
+        assert_eq!(std::fs::read_to_string(cd.join("ca.pem")).unwrap(), "mine");
+        let _ = std::fs::remove_dir_all(root);
     }
 }

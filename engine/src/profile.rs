@@ -32,34 +32,76 @@ pub struct Profile {
     pub env: Vec<(String, String)>,
     /// Warnings to show on the console.
     pub notes: Vec<String>,
+    /// A `--config-file` from EXTRA_ARGS, read instead of /etc/docker/daemon.json.
+    pub config_file: Option<String>,
 }
 
-/// Flags that belong to the engine manager (it owns the sockets and TLS); dropped from EXTRA_ARGS.
-/// The bool says whether the flag takes a separate value when written without `=`.
-const OWNED_FLAGS: &[(&str, bool)] = &[
-    ("-H", true),
+/// Long flags that belong to the engine manager (it owns the sockets, TLS and the config file it hands
+/// dockerd); dropped from EXTRA_ARGS. The bool says whether the flag takes a separate value when written
+/// without `=`.
+const OWNED_LONG: &[(&str, bool)] = &[
     ("--host", true),
     ("--tls", false),
     ("--tlsverify", false),
     ("--tlscacert", true),
     ("--tlscert", true),
     ("--tlskey", true),
+    ("--config-file", true),
 ];
+/// dockerd's one-letter flags that take no value, so they may be bundled in front of another (`-DH x`).
+const BOOL_SHORT: &[char] = &['D', 'v', 'h'];
+
+/// If `word` is (or bundles) a flag the engine manager owns, whether its value is the next word.
+/// Every spelling dockerd's flag parser accepts counts: `-H x`, `-Hx`, `-H=x`, `-DH x`, `--host x`, `--host=x`.
+fn owned(word: &str) -> Option<bool> {
+    if let Some(long) = word.strip_prefix("--") {
+        let (name, inline) = match long.split_once('=') {
+            Some((n, _)) => (n, true),
+            None => (long, false),
+        };
+        return OWNED_LONG.iter().find(|(f, _)| &f[2..] == name).map(|(_, takes)| *takes && !inline);
+    }
+    let short = word.strip_prefix('-')?;
+    for (i, c) in short.char_indices() {
+        if c == 'H' {
+            return Some(short.len() == i + 1);
+        }
+        if !BOOL_SHORT.contains(&c) {
+            // A flag that takes a value: the rest of the word is that value, not more flags.
+            return None;
+        }
+    }
+    None
+}
+
+/// The `--config-file` that EXTRA_ARGS names, if any (the engine manager hands dockerd a cleaned copy).
+fn config_file(words: &[&str]) -> Option<String> {
+    let mut it = words.iter();
+    while let Some(w) = it.next() {
+        if let Some(v) = w.strip_prefix("--config-file=") {
+            return Some(v.to_string());
+        }
+        if *w == "--config-file" {
+            return it.next().map(|v| v.to_string());
+        }
+    }
+    None
+}
 
 pub fn from_vars(vars: &[(String, String)]) -> Profile {
     let get = |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let mut p = Profile { tls: true, ..Default::default() };
     let words: Vec<&str> = get("EXTRA_ARGS").unwrap_or("").split_whitespace().collect();
+    p.config_file = config_file(&words);
     let mut i = 0;
     while i < words.len() {
         let w = words[i];
-        let (flag, inline_value) = match w.split_once('=') {
-            Some((f, _)) => (f, true),
-            None => (w, false),
-        };
-        if let Some((_, takes)) = OWNED_FLAGS.iter().find(|(f, _)| *f == flag) {
-            let skip = if *takes && !inline_value && i + 1 < words.len() { 2 } else { 1 };
-            p.notes.push(format!("EXTRA_ARGS: ignoring {} (the engine manager owns the sockets and TLS)", words[i..i + skip].join(" ")));
+        if let Some(takes) = owned(w) {
+            let skip = if takes && i + 1 < words.len() { 2 } else { 1 };
+            p.notes.push(format!(
+                "EXTRA_ARGS: ignoring {} (the engine manager owns the listeners, TLS and the config file)",
+                words[i..i + skip].join(" ")
+            ));
             i += skip;
             continue;
         }
@@ -233,6 +275,31 @@ mod tests {
         assert!(!p.tls);
         assert_eq!(p.tls_files, None);
         assert_eq!(p.notes.len(), 6, "{:?}", p.notes);
+    }
+
+    /// Every spelling of -H that dockerd's flag parser accepts is dropped, values attached or not; flags
+    /// that merely look alike are kept.
+    #[test]
+    fn every_host_spelling_is_owned() {
+        for (extra, kept) in [
+            ("-Htcp://0.0.0.0:2375 --debug", vec!["--debug"]),
+            ("-H=tcp://0.0.0.0:2375", vec![]),
+            ("-H tcp://0.0.0.0:2375 -D", vec!["-D"]),
+            ("--host=tcp://0.0.0.0:2375", vec![]),
+            ("--host tcp://0.0.0.0:2375 --label a=b", vec!["--label", "a=b"]),
+            ("-DH tcp://0.0.0.0:2375", vec![]),
+            ("-DHtcp://0.0.0.0:2375", vec![]),
+            ("--config-file /x.json --tlsverify=false", vec![]),
+            ("-l debug -G staff -s vfs", vec!["-l", "debug", "-G", "staff", "-s", "vfs"]),
+            ("-lH", vec!["-lH"]),
+            ("--hosts-file x", vec!["--hosts-file", "x"]),
+        ] {
+            let p = from_vars(&vars(&[("EXTRA_ARGS", extra)]));
+            assert_eq!(p.args, kept, "{extra}");
+            assert!(p.args.iter().all(|a| !a.contains("tcp://")), "{extra}");
+        }
+        assert_eq!(from_vars(&vars(&[("EXTRA_ARGS", "--config-file=/a.json")])).config_file.as_deref(), Some("/a.json"));
+        assert_eq!(from_vars(&vars(&[("EXTRA_ARGS", "--config-file /b.json")])).config_file.as_deref(), Some("/b.json"));
     }
 
     fn write(name: &str, text: &str) -> PathBuf {
