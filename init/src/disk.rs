@@ -327,7 +327,7 @@ fn populate(root: &str, entries: &[userdata::Entry]) -> Result<()> {
 pub fn grow_table(disk: &Disk) -> Result<bool> {
     let dev = disk.dev();
     let head = blockdev::read_at(&dev, 0, (gpt::PRIMARY_SECTORS * SECTOR) as usize)?;
-    let Ok(old) = Table::parse_primary(&head) else { return Ok(false) };
+    let Ok(old) = Table::parse_primary(&head) else { return grow_mbr(disk, &head) };
     let sectors = disk.bytes / SECTOR;
     if old.sectors >= sectors {
         return Ok(false);
@@ -351,6 +351,26 @@ pub fn grow_table(disk: &Disk) -> Result<bool> {
     blockdev::write_at(&dev, 0, &t.protective_mbr(&head[..440]))?;
     blockdev::reread_partitions(disk, 1)?;
     Ok(true)
+}
+
+/// A disk boot2docker partitioned (MBR) that was enlarged: partition 1 is rewritten to reach the end, in
+/// one sector write (a cut leaves the old table or the new one, both valid). A layout we do not grow is
+/// said on the console and mounted as it is.
+fn grow_mbr(disk: &Disk, head: &[u8]) -> Result<bool> {
+    let dev = disk.dev();
+    match crate::mbr::grown(head, disk.bytes / SECTOR) {
+        Ok(None) => Ok(false),
+        Err(why) => {
+            log::line(&format!("disk: {dev} grew, but {why}; the extra space is left unused"));
+            Ok(false)
+        }
+        Ok(Some(sector0)) => {
+            log::line(&format!("disk: {dev} (boot2docker's MBR layout) grew to {} MiB; growing partition 1", disk.bytes / MIB));
+            blockdev::write_at(&dev, 0, &sector0)?;
+            blockdev::reread_partitions(disk, 1)?;
+            Ok(true)
+        }
+    }
 }
 
 /// The filesystem is smaller than its partition (grown disk, or a cut during an earlier growth).
@@ -412,12 +432,26 @@ fn empty_dir(dir: &str) {
     }
 }
 
-/// Turn on the disk's swap partition (labelled boot2dockerswap), if it has one.
+/// Whether a partition holding a swap signature with `label` is the disk's swap: ours is labelled; the
+/// one boot2docker made has no label and is found by its MBR type instead.
+pub fn is_our_swap(label: Option<&str>, mbr_type: Option<u8>) -> bool {
+    match label {
+        Some(SWAP_LABEL) => true,
+        Some("") => mbr_type == Some(crate::mbr::TYPE_SWAP),
+        _ => false,
+    }
+}
+
+/// Turn on the disk's swap partition (see is_our_swap), if it has one.
 pub fn swap_on(disk: &Disk) -> Option<String> {
+    let mbr = blockdev::read_at(&disk.dev(), 0, SECTOR as usize).map(|s| crate::mbr::parse(&s)).unwrap_or_default();
     for p in blockdev::partitions(&disk.name) {
         let dev = format!("/dev/{p}");
-        let head = blockdev::read_at(&dev, 0, 4096).ok()?;
-        if blockdev::swap_label(&head).as_deref() == Some(SWAP_LABEL) {
+        let number: Option<u32> =
+            std::fs::read_to_string(format!("/sys/class/block/{p}/partition")).ok().and_then(|s| s.trim().parse().ok());
+        let kind = mbr.iter().find(|m| Some(m.number) == number).map(|m| m.kind);
+        let Ok(head) = blockdev::read_at(&dev, 0, 4096) else { continue };
+        if is_our_swap(blockdev::swap_label(&head).as_deref(), kind) {
             let c = sys::cstr(&dev).ok()?;
             // SAFETY: valid C string; flags 0.
             if unsafe { libc::swapon(c.as_ptr(), 0) } == 0 {
@@ -539,6 +573,16 @@ mod tests {
         let parts = vec![("/dev/sda2".to_string(), None), ("/dev/sda1".to_string(), Some(DATA_LABEL.to_string()))];
         assert_eq!(classify_bytes(&parts, None, &mbr, &z), Class::Ours("/dev/sda1".into()));
         assert_eq!(classify_bytes(&[], Some(DATA_LABEL), &z, &z), Class::Ours(String::new()));
+    }
+
+    #[test]
+    fn swap_is_ours_by_label_or_by_boot2dockers_mbr_type() {
+        assert!(is_our_swap(Some(SWAP_LABEL), None));
+        assert!(is_our_swap(Some(""), Some(crate::mbr::TYPE_SWAP)));
+        assert!(!is_our_swap(Some(""), Some(crate::mbr::TYPE_LINUX)));
+        assert!(!is_our_swap(Some(""), None), "an unlabelled swap on a GPT disk is someone else's");
+        assert!(!is_our_swap(Some("other"), Some(crate::mbr::TYPE_SWAP)));
+        assert!(!is_our_swap(None, Some(crate::mbr::TYPE_SWAP)), "no signature, no swapon");
     }
 
     #[test]

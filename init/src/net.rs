@@ -65,30 +65,56 @@ pub fn configure(name: &str, ip: Ipv4Addr, mask: Ipv4Addr) -> Result<()> {
     set_addr(name, libc::SIOCSIFBRDADDR, bcast, "broadcast")
 }
 
+/// Remove the interface's IPv4 address (setting 0.0.0.0 deletes it; its routes go with it).
+pub fn deconfigure(name: &str) -> Result<()> {
+    set_addr(name, libc::SIOCSIFADDR, Ipv4Addr::UNSPECIFIED, "address")
+}
+
+pub fn set_mtu(name: &str, mtu: u16) -> Result<()> {
+    let mut r = ifreq(name)?;
+    r[16..20].copy_from_slice(&(mtu as i32).to_ne_bytes());
+    ioctl(libc::SIOCSIFMTU, r.as_mut_ptr() as *mut _, || format!("set MTU {mtu} on {name}"))
+}
+
 pub fn add_default_route(name: &str, gw: Ipv4Addr) -> Result<()> {
-    default_route(libc::SIOCADDRT, name, gw)
+    route(libc::SIOCADDRT, name, Ipv4Addr::UNSPECIFIED, 0, gw)
 }
 
 pub fn del_default_route(name: &str, gw: Ipv4Addr) -> Result<()> {
-    default_route(libc::SIOCDELRT, name, gw)
+    route(libc::SIOCDELRT, name, Ipv4Addr::UNSPECIFIED, 0, gw)
 }
 
-fn default_route(req: libc::c_ulong, name: &str, gw: Ipv4Addr) -> Result<()> {
+/// A route to `dst`/`prefix` through `gw` (0.0.0.0: directly on the link) on interface `name`.
+pub fn add_route(name: &str, dst: Ipv4Addr, prefix: u8, gw: Ipv4Addr) -> Result<()> {
+    route(libc::SIOCADDRT, name, dst, prefix, gw)
+}
+
+pub fn del_route(name: &str, dst: Ipv4Addr, prefix: u8, gw: Ipv4Addr) -> Result<()> {
+    route(libc::SIOCDELRT, name, dst, prefix, gw)
+}
+
+fn route(req: libc::c_ulong, name: &str, dst: Ipv4Addr, prefix: u8, gw: Ipv4Addr) -> Result<()> {
     // SAFETY: rtentry is plain data; zeroed is its documented initial state.
     let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
-    let any = sockaddr_in(Ipv4Addr::UNSPECIFIED);
-    let gwa = sockaddr_in(gw);
+    let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix.min(32) as u32) };
+    let (d, m, g) = (sockaddr_in(dst), sockaddr_in(Ipv4Addr::from(mask)), sockaddr_in(gw));
     // SAFETY: sockaddr and [u8;16] have the same size and layout.
     unsafe {
-        rt.rt_dst = std::mem::transmute::<[u8; 16], libc::sockaddr>(any);
-        rt.rt_genmask = std::mem::transmute::<[u8; 16], libc::sockaddr>(any);
-        rt.rt_gateway = std::mem::transmute::<[u8; 16], libc::sockaddr>(gwa);
+        rt.rt_dst = std::mem::transmute::<[u8; 16], libc::sockaddr>(d);
+        rt.rt_genmask = std::mem::transmute::<[u8; 16], libc::sockaddr>(m);
+        rt.rt_gateway = std::mem::transmute::<[u8; 16], libc::sockaddr>(g);
     }
-    rt.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
+    rt.rt_flags = libc::RTF_UP;
+    if !gw.is_unspecified() {
+        rt.rt_flags |= libc::RTF_GATEWAY;
+    }
+    if prefix == 32 {
+        rt.rt_flags |= libc::RTF_HOST;
+    }
     let dev = crate::sys::cstr(name)?;
     rt.rt_dev = dev.as_ptr() as *mut libc::c_char;
     let what = if req == libc::SIOCADDRT { "add" } else { "remove" };
-    match ioctl(req, &mut rt as *mut _ as *mut _, || format!("{what} the default route via {gw} on {name}")) {
+    match ioctl(req, &mut rt as *mut _ as *mut _, || format!("{what} the route to {dst}/{prefix} via {gw} on {name}")) {
         Err(e) if req == libc::SIOCADDRT && e.source.as_ref().and_then(|s| s.raw_os_error()) == Some(libc::EEXIST) => Ok(()),
         Err(e) if req == libc::SIOCDELRT && e.source.as_ref().and_then(|s| s.raw_os_error()) == Some(libc::ESRCH) => Ok(()),
         r => r,
@@ -146,6 +172,26 @@ impl DefaultRoute {
         }
     }
 
+    /// NIC number `index` lost its lease: its default route (if it held it) is gone with its address.
+    /// Returns a console line when it held it. Another NIC takes the route at its next lease or renewal.
+    pub fn release(&mut self, index: usize) -> Option<String> {
+        let (i, nic, gw) = self.held.clone()?;
+        if i != index {
+            return None;
+        }
+        let _ = del_default_route(&nic, gw);
+        self.held = None;
+        Some(format!("network: no default route any more (it was via {gw} on {nic})"))
+    }
+
+    /// Put the route back when NIC `index` holds it (its address changed, which drops its routes).
+    pub fn restore(&self, index: usize) -> Result<()> {
+        match &self.held {
+            Some((i, nic, gw)) if *i == index => add_default_route(nic, *gw),
+            _ => Ok(()),
+        }
+    }
+
     /// Apply an offer to the routing table; returns a line for the console when the route moved.
     pub fn take(&mut self, index: usize, nic: &str, gw: Ipv4Addr) -> Result<Option<String>> {
         let Some(replaced) = self.offer(index, nic, gw) else { return Ok(None) };
@@ -170,8 +216,12 @@ pub fn write_hosts(name: &str) -> Result<()> {
     crate::sys::write_atomic("/etc/hostname", format!("{name}\n").as_bytes(), 0o644)
 }
 
-pub fn resolv_conf(servers: &[Ipv4Addr]) -> String {
+pub fn resolv_conf(servers: &[Ipv4Addr], search: &[String]) -> String {
     let mut s = String::new();
+    if !search.is_empty() {
+        // resolv.conf(5): at most 6 domains are used.
+        s.push_str(&format!("search {}\n", search.iter().take(6).cloned().collect::<Vec<_>>().join(" ")));
+    }
     for ip in servers {
         s.push_str(&format!("nameserver {ip}\n"));
     }
@@ -189,8 +239,9 @@ mod tests {
     #[test]
     fn files() {
         assert!(hosts_file("box").contains("127.0.1.1\tbox\n"));
-        assert_eq!(resolv_conf(&[Ipv4Addr::new(10, 0, 2, 3)]), "nameserver 10.0.2.3\n");
-        assert!(resolv_conf(&[]).contains("1.1.1.1"));
+        assert_eq!(resolv_conf(&[Ipv4Addr::new(10, 0, 2, 3)], &[]), "nameserver 10.0.2.3\n");
+        assert!(resolv_conf(&[], &[]).contains("1.1.1.1"));
+        assert_eq!(resolv_conf(&[Ipv4Addr::new(10, 0, 2, 3)], &["a.test".into(), "b".into()]), "search a.test b\nnameserver 10.0.2.3\n");
     }
 
     #[test]

@@ -1,12 +1,10 @@
 //! Stage B: PID 1 in the real root. Phases 1, 3, 4, 5, 6 (provisioning), 7 and the main loop (8).
 use crate::applets::{SIG_HALT, SIG_POWEROFF, SIG_REBOOT};
 use crate::cmdline::Cmdline;
-use crate::error::{Error, Result};
+use crate::error::Error;
 use crate::services::{self, Supervisor};
 use crate::shutdown::{self, Action};
-use crate::{clock, coldplug, dhcp, disk, ipconfig, kmod, log, mounts, net, powerbutton, provision, rescue, shares, sys, timesync};
-use std::net::Ipv4Addr;
-use std::sync::mpsc;
+use crate::{clock, coldplug, disk, hooks, kmod, log, mounts, network, powerbutton, provision, rescue, shares, sys, timesync, trust};
 use std::time::Duration;
 
 pub const DEFAULT_HOSTNAME: &str = "ferry";
@@ -67,8 +65,8 @@ pub fn run() -> ! {
         Ok(disk::Outcome::Ram { userdata }) => (false, userdata),
         Err(_) => (false, vec![]),
     };
-    let hostname = pick_hostname(&cmdline);
-    let _ = log::phase("network", || network(&hostname, &cmdline.ip));
+    let (hostname, hostname_chosen) = pick_hostname(&cmdline);
+    let _ = log::phase("network", || network::setup(&hostname, hostname_chosen, &cmdline.ip));
     // Before the engine makes or checks certificates: SNTP (a few seconds at most), then the RTC witness.
     let _ = log::phase("time", || {
         let dhcp = timesync::DHCP_NTP.lock().map(|v| v.clone()).unwrap_or_default();
@@ -85,6 +83,15 @@ pub fn run() -> ! {
             Ok(())
         });
     }
+    // boot2docker's order: the trust store, then bootsync.sh, then the engine.
+    let _ = log::phase("hooks", || {
+        match trust::add_registry_cas(trust::CERTS_DIR, trust::BUNDLE) {
+            Ok(s) => log::line(&format!("registry CAs: {s}")),
+            Err(e) => log::warn(&format!("registry CAs: {e}")),
+        }
+        log::line(&format!("hooks: {}", hooks::run_bootsync(hooks::DIR, hooks::LOG_DIR, hooks::BOOTSYNC_LIMIT)?));
+        Ok(())
+    });
 
     let mut sup = Supervisor::default();
     let _ = log::phase("services", || {
@@ -100,6 +107,7 @@ pub fn run() -> ! {
         Ok(())
     });
     std::thread::spawn(powerbutton::watch_thread);
+    std::thread::spawn(hooks::bootlocal_thread);
     let up = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
     log::line(&format!("[boot] userspace up; {}s since kernel start", up.split_whitespace().next().unwrap_or("?")));
     main_loop(&mut sup)
@@ -143,11 +151,13 @@ fn reap(sup: &mut Supervisor) {
     }
 }
 
-fn pick_hostname(c: &Cmdline) -> String {
+/// The hostname, and whether someone chose it (persisted, or on the command line); an unchosen default
+/// gives way to a name the DHCP server assigns.
+fn pick_hostname(c: &Cmdline) -> (String, bool) {
     if let Ok(s) = std::fs::read_to_string(PERSISTED_HOSTNAME) {
         let s = s.trim().to_ascii_lowercase();
         if crate::cmdline::valid_hostname(&s) {
-            return s;
+            return (s, true);
         }
         log::warn(&format!("{PERSISTED_HOSTNAME}: invalid hostname {s:?}; ignoring it"));
     }
@@ -155,140 +165,9 @@ fn pick_hostname(c: &Cmdline) -> String {
         crate::ipconfig::IpArg::Fixed(f) => f.hostname.clone(),
         _ => None,
     });
-    c.hostname.clone().or(from_ip).unwrap_or_else(|| DEFAULT_HOSTNAME.to_string())
-}
-
-/// The one default route and the DNS servers every NIC has offered, shared by the DHCP threads.
-static ROUTE: std::sync::Mutex<net::DefaultRoute> = std::sync::Mutex::new(net::DefaultRoute::new());
-static DNS: std::sync::Mutex<Vec<Ipv4Addr>> = std::sync::Mutex::new(Vec::new());
-
-fn network(hostname: &str, ip: &[ipconfig::IpArg]) -> Result<()> {
-    sys::set_hostname(hostname)?;
-    net::write_hosts(hostname)?;
-    net::set_up("lo")?;
-    let nics = net::ethernet_nics();
-    // Written at once, so resolv.conf is never missing; each answer adds its servers, never removes.
-    add_dns(&[]);
-    if nics.is_empty() {
-        log::warn("no Ethernet interface found");
-        return Ok(());
-    }
-    let (plan, warnings) = ipconfig::plan(&nics, ip);
-    for w in warnings {
-        log::warn(&w);
-    }
-    if plan.is_empty() {
-        log::line("network: ip=off on the kernel command line; no interface configured");
-        return Ok(());
-    }
-    let (tx, rx) = mpsc::channel();
-    let mut dhcp = 0;
-    for (index, (nic, fixed)) in plan.into_iter().enumerate() {
-        match fixed {
-            Some(f) => match configure_fixed(index, &nic, &f) {
-                Ok(msg) => log::line(&msg),
-                Err(e) => log::warn(&format!("network: {nic}: fixed address from ip=: {e}")),
-            },
-            None => {
-                let (tx, host) = (tx.clone(), hostname.to_string());
-                std::thread::spawn(move || dhcp_loop(index, &nic, &host, tx));
-                dhcp += 1;
-            }
-        }
-    }
-    drop(tx);
-    if dhcp == 0 {
-        return Ok(());
-    }
-    // Wait for the first lease (the engine's server cert wants an address), but never block boot for long.
-    match rx.recv_timeout(Duration::from_secs(20)) {
-        Ok(msg) => log::line(&msg),
-        Err(_) => log::warn("no DHCP lease yet; continuing (leases are still being requested)"),
-    }
-    Ok(())
-}
-
-/// Add the servers `list` lacks, in order.
-fn merge(list: &mut Vec<Ipv4Addr>, servers: &[Ipv4Addr]) {
-    for s in servers {
-        if !list.contains(s) {
-            list.push(*s);
-        }
-    }
-}
-
-fn add_dns(servers: &[Ipv4Addr]) {
-    if let Ok(mut dns) = DNS.lock() {
-        merge(&mut dns, servers);
-        let _ = sys::write_atomic("/etc/resolv.conf", net::resolv_conf(&dns).as_bytes(), 0o644);
-    }
-}
-
-fn add_ntp(servers: &[Ipv4Addr]) {
-    if let Ok(mut ntp) = timesync::DHCP_NTP.lock() {
-        merge(&mut ntp, servers);
-    }
-}
-
-fn take_route(index: usize, nic: &str, gw: Ipv4Addr) {
-    let r = match ROUTE.lock() {
-        Ok(mut r) => r.take(index, nic, gw),
-        Err(_) => return,
-    };
-    match r {
-        Ok(Some(msg)) => log::line(&msg),
-        Ok(None) => {}
-        Err(e) => log::line(&format!("network: {e}")),
-    }
-}
-
-fn configure_fixed(index: usize, nic: &str, f: &ipconfig::Fixed) -> Result<String> {
-    net::set_up(nic)?;
-    net::configure(nic, f.addr, f.mask)?;
-    if let Some(gw) = f.gateway {
-        take_route(index, nic, gw);
-    }
-    add_dns(&f.dns);
-    add_ntp(&f.ntp);
-    let prefix = u32::from(f.mask).count_ones();
-    Ok(format!("network: {nic} {}/{prefix}{} (fixed, from ip=)", f.addr, f.gateway.map(|g| format!(" gateway {g}")).unwrap_or_default()))
-}
-
-/// Obtain, apply and renew a lease on NIC number `index`, forever.
-fn dhcp_loop(index: usize, nic: &str, hostname: &str, tx: mpsc::Sender<String>) {
-    let mac = match net::set_up(nic).and_then(|_| net::mac(nic)) {
-        Ok(m) => m,
-        Err(e) => return log::line(&format!("network: {e}")),
-    };
-    let mut current: Option<dhcp::Lease> = None;
-    loop {
-        match dhcp::obtain(nic, mac, hostname, Duration::from_secs(60)) {
-            Ok(l) => {
-                if current.as_ref() != Some(&l) {
-                    if let Err(e) = net::configure(nic, l.ip, l.mask) {
-                        log::line(&format!("network: {e}"));
-                    }
-                    if let Some(gw) = l.router {
-                        take_route(index, nic, gw);
-                    }
-                    add_ntp(&l.ntp);
-                    add_dns(&l.dns);
-                    let prefix = u32::from(l.mask).count_ones();
-                    let gw = l.router.map(|g| format!(" gateway {g}")).unwrap_or_default();
-                    let msg = format!("network: {nic} {}/{prefix}{gw}, lease {}s", l.ip, l.lease_secs);
-                    // The first lease is printed by the phase; later ones (other NICs, renewals) here.
-                    if tx.send(msg.clone()).is_err() {
-                        log::line(&msg);
-                    }
-                    current = Some(l.clone());
-                }
-                std::thread::sleep(Duration::from_secs((l.lease_secs as u64 / 2).max(30)));
-            }
-            Err(e) => {
-                log::line(&format!("network: {e}; retrying"));
-                std::thread::sleep(Duration::from_secs(30));
-            }
-        }
+    match c.hostname.clone().or(from_ip) {
+        Some(h) => (h, true),
+        None => (DEFAULT_HOSTNAME.to_string(), false),
     }
 }
 
