@@ -12,6 +12,8 @@ pub struct Cmdline {
     pub pause: Option<String>,
     /// boot2docker's `ntpserver=` (comma or space separated; empty turns SNTP off). None when absent.
     pub ntpserver: Option<String>,
+    /// `ferry.bootsync_limit=SECONDS`: how long the boot waits for bootsync.sh (see hooks.rs).
+    pub bootsync_limit: Option<std::time::Duration>,
     /// The kernel's `ip=` entries, in order (see ipconfig.rs).
     pub ip: Vec<crate::ipconfig::IpArg>,
     /// Problems found while parsing, printed by init on the console.
@@ -59,6 +61,10 @@ impl Cmdline {
                     Ok(a) => c.ip.push(a),
                     Err(e) => c.warnings.push(e),
                 },
+                ("ferry.bootsync_limit", Some(v)) => match v.parse::<u64>() {
+                    Ok(n) if (1..=3600).contains(&n) => c.bootsync_limit = Some(std::time::Duration::from_secs(n)),
+                    _ => c.warnings.push(format!("ignoring ferry.bootsync_limit={v:?}: use seconds from 1 to 3600")),
+                },
                 ("ntpserver", Some(v)) => c.ntpserver = Some(v.replace(',', " ")),
                 ("ferry.bench", Some("poweroff")) => c.bench_poweroff = true,
                 ("ferry.rescue", None) => c.rescue = true,
@@ -91,6 +97,8 @@ mod tests {
         assert_eq!(c.ntpserver, None);
         assert_eq!(Cmdline::parse("ntpserver=10.0.2.2,pool.ntp.org").ntpserver.as_deref(), Some("10.0.2.2 pool.ntp.org"));
         assert_eq!(Cmdline::parse("ntpserver=").ntpserver.as_deref(), Some(""));
+        assert_eq!(Cmdline::parse("ferry.bootsync_limit=15").bootsync_limit, Some(std::time::Duration::from_secs(15)));
+        assert_eq!(Cmdline::parse("ferry.bootsync_limit=0").warnings.len(), 1);
 
         let long = "x".repeat(300);
         let c = Cmdline::parse(&format!("ferry.hostname={long} ferry.disk=../etc ferry.bogus=1"));

@@ -11,7 +11,8 @@ pub const DIR: &str = "/var/lib/boot2docker";
 pub const LOG_DIR: &str = "/var/lib/boot2docker/log";
 pub const BOOTSYNC: &str = "bootsync.sh";
 pub const BOOTLOCAL: &str = "bootlocal.sh";
-/// How long the boot waits for bootsync.sh; past it the hook keeps running and the boot goes on.
+/// How long the boot waits for bootsync.sh by default (`ferry.bootsync_limit=SECONDS` changes it); past it
+/// the hook keeps running and the boot goes on.
 pub const BOOTSYNC_LIMIT: Duration = Duration::from_secs(60);
 /// How long bootlocal.sh waits for the engine before it runs anyway.
 pub const ENGINE_WAIT: Duration = Duration::from_secs(300);

@@ -89,7 +89,10 @@ pub fn run() -> ! {
             Ok(s) => log::line(&format!("registry CAs: {s}")),
             Err(e) => log::warn(&format!("registry CAs: {e}")),
         }
-        log::line(&format!("hooks: {}", hooks::run_bootsync(hooks::DIR, hooks::LOG_DIR, hooks::BOOTSYNC_LIMIT)?));
+        log::line(&format!(
+            "hooks: {}",
+            hooks::run_bootsync(hooks::DIR, hooks::LOG_DIR, cmdline.bootsync_limit.unwrap_or(hooks::BOOTSYNC_LIMIT))?
+        ));
         Ok(())
     });
 
