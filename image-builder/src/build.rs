@@ -21,6 +21,10 @@ pub struct Inputs {
 pub const EPOCH_RANGE: std::ops::RangeInclusive<i64> = 315_532_800..=4_294_967_295;
 
 /// SOURCE_DATE_EPOCH, else the last commit's time, so the same checkout builds the same bytes.
+/// What the image is made of, relative to the checkout: its data, the code of every binary in it (and of
+/// the builder), and the lock file. Docs, tests and CI scripts are not among them.
+pub const IMAGE_INPUTS: &[&str] = &["rootfs", "kernel-config", "init", "engine", "image-builder", "Cargo.lock", "Cargo.toml", ".cargo"];
+
 pub fn source_date_epoch(repo: &Path) -> Result<i64> {
     if let Ok(v) = std::env::var("SOURCE_DATE_EPOCH") {
         return v.trim().parse::<i64>().ok().filter(|e| EPOCH_RANGE.contains(e)).ok_or_else(|| {
@@ -31,7 +35,9 @@ pub fn source_date_epoch(repo: &Path) -> Result<i64> {
             ))
         });
     }
-    let out = util::run(Command::new("git").arg("-C").arg(repo).args(["log", "-1", "--format=%ct"]));
+    // The last commit that changed what the image is made of: a docs-only commit keeps the build time, so
+    // out/ stays current and the next `ferry up` boots at once.
+    let out = util::run(Command::new("git").arg("-C").arg(repo).args(["log", "-1", "--format=%ct", "--"]).args(IMAGE_INPUTS));
     match out.ok().and_then(|s| s.trim().parse().ok()) {
         Some(t) => Ok(t),
         None => Err(Error::msg("set SOURCE_DATE_EPOCH (no git history to take the build time from)")),
@@ -58,7 +64,8 @@ impl Inputs {
             collect(&self.repo.join(dir), &mut files);
             files.sort();
             for f in files {
-                all.extend_from_slice(f.to_string_lossy().as_bytes());
+                // Relative names: the same inputs in another checkout (or a moved one) are the same build.
+                all.extend_from_slice(f.strip_prefix(&self.repo).unwrap_or(&f).to_string_lossy().as_bytes());
                 all.extend_from_slice(&std::fs::read(&f).ctx(|| format!("read {}", f.display()))?);
             }
         }
@@ -386,5 +393,41 @@ mod tests {
         let waited = second.join().unwrap();
         assert!(waited >= Duration::from_millis(250), "the second lock was granted after {waited:?} while the first was held");
         let _ = std::fs::remove_dir_all(&out);
+    }
+
+    /// The build time is the last commit that touched an image input: a later docs-only commit keeps it.
+    #[test]
+    fn docs_only_commits_keep_the_build_time() {
+        let repo = std::env::temp_dir().join(format!("ferry-epoch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&repo);
+        std::fs::create_dir_all(repo.join("rootfs")).unwrap();
+        std::fs::create_dir_all(repo.join("docs")).unwrap();
+        let git = |args: &[&str], date: &str| {
+            let st = std::process::Command::new("git")
+                .arg("-C")
+                .arg(&repo)
+                .args(["-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"])
+                .args(args)
+                .env("GIT_AUTHOR_DATE", date)
+                .env("GIT_COMMITTER_DATE", date)
+                .env_remove("SOURCE_DATE_EPOCH")
+                .output()
+                .unwrap();
+            assert!(st.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&st.stderr));
+        };
+        git(&["init", "-q"], "@1700000000 +0000");
+        std::fs::write(repo.join("rootfs/packages.txt"), "docker.io\n").unwrap();
+        git(&["add", "-A"], "@1700000000 +0000");
+        git(&["commit", "-q", "-m", "inputs"], "@1700000000 +0000");
+        std::fs::write(repo.join("docs/notes.md"), "words\n").unwrap();
+        git(&["add", "-A"], "@1800000000 +0000");
+        git(&["commit", "-q", "-m", "docs"], "@1800000000 +0000");
+        if std::env::var_os("SOURCE_DATE_EPOCH").is_none() {
+            assert_eq!(super::source_date_epoch(&repo).unwrap(), 1_700_000_000);
+            std::fs::write(repo.join("rootfs/packages.txt"), "docker.io\nsudo\n").unwrap();
+            git(&["commit", "-q", "-am", "more"], "@1750000000 +0000");
+            assert_eq!(super::source_date_epoch(&repo).unwrap(), 1_750_000_000);
+        }
+        let _ = std::fs::remove_dir_all(&repo);
     }
 }

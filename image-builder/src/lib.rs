@@ -2,6 +2,7 @@
 //! runner behind `ferry up`.
 pub mod accel;
 pub mod build;
+pub mod context;
 pub mod cpio;
 pub mod debian;
 pub mod disk;
@@ -15,5 +16,7 @@ pub mod ping;
 pub mod portfwd;
 pub mod qemu;
 pub mod rootfs;
+pub mod settings;
 pub mod shares;
+pub mod status;
 pub mod util;

@@ -7,6 +7,14 @@ use ferry_init::userdata;
 use std::path::PathBuf;
 use std::process::Command;
 
+/// The shells `ferry env` prints for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Shell {
+    Bash,
+    Fish,
+    Powershell,
+}
+
 pub struct Machine {
     pub name: String,
     pub dir: PathBuf,
@@ -149,6 +157,7 @@ impl Machine {
                 ok
             })
             .collect();
+        let hw = crate::settings::Settings::load(&self.path("settings.json"))?;
         let append = match std::env::var("FERRY_APPEND") {
             Ok(more) if !more.trim().is_empty() => format!("{append} {}", more.trim()),
             _ => append.to_string(),
@@ -160,8 +169,8 @@ impl Machine {
             restrict: std::env::var("FERRY_NET_RESTRICT").is_ok_and(|v| v == "1"),
             direct: Some(crate::qemu::DirectKernel { kernel: out.join("vmlinuz"), initrd: out.join("initrd.img"), append }),
             hardware: crate::qemu::Hardware::default(),
-            memory_mb: std::env::var("FERRY_MEMORY").ok().and_then(|v| v.parse().ok()).unwrap_or(2048),
-            cpus: 2,
+            memory_mb: hw.memory_mb,
+            cpus: hw.cpus,
             fw_cfg_userdata: (!self.disk().exists()).then(|| self.path("userdata.tar")),
             disks: if self.disk().exists() { vec![crate::qemu::Drive::new(self.disk(), "raw")] } else { vec![] },
             forwards: vec![(p.api, 2376), (p.ssh, 22)],
@@ -171,14 +180,40 @@ impl Machine {
         })
     }
 
+    /// The bash exports `ferry up` and `ferry env` print.
     pub fn env_lines(&self) -> Result<String> {
+        self.env_for(Shell::Bash, false)
+    }
+
+    /// The DOCKER_* variables for `shell`, or (with `unset`) the commands that remove them.
+    pub fn env_for(&self, shell: Shell, unset: bool) -> Result<String> {
         let p = self.ports()?;
-        Ok(format!(
-            "export DOCKER_HOST=tcp://127.0.0.1:{}\nexport DOCKER_TLS_VERIFY=1\nexport DOCKER_CERT_PATH={}\n# Run this command to configure your shell:\n# eval $(./ferry env {})\n",
-            p.api,
-            self.dir.display(),
-            self.name
-        ))
+        let vars = [
+            ("DOCKER_HOST", format!("tcp://127.0.0.1:{}", p.api)),
+            ("DOCKER_TLS_VERIFY", "1".to_string()),
+            ("DOCKER_CERT_PATH", self.dir.display().to_string()),
+        ];
+        let mut out = String::new();
+        for (k, v) in &vars {
+            out.push_str(&match (shell, unset) {
+                (Shell::Bash, false) => format!("export {k}={v}\n"),
+                (Shell::Bash, true) => format!("unset {k}\n"),
+                (Shell::Fish, false) => format!("set -gx {k} \"{v}\";\n"),
+                (Shell::Fish, true) => format!("set -e {k};\n"),
+                (Shell::Powershell, false) => format!("$Env:{k} = \"{v}\"\n"),
+                (Shell::Powershell, true) => format!("Remove-Item Env:{k}\n"),
+            });
+        }
+        if !unset {
+            let how = match shell {
+                Shell::Bash => format!("eval \"$(ferry env {})\"", self.name),
+                Shell::Fish => format!("ferry env {} --shell fish | source", self.name),
+                Shell::Powershell => format!("& ferry env {} --shell powershell | Invoke-Expression", self.name),
+            };
+            out.push_str(&format!("# Run this command to configure your shell:\n# {how}\n"));
+            out.push_str(&format!("# Or, with no variables: docker --context {} ...\n", crate::context::name(&self.name)));
+        }
+        Ok(out)
     }
 
     pub fn ssh_command(&self) -> Result<Command> {

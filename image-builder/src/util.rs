@@ -119,19 +119,67 @@ pub fn sibling_binary(name: &str) -> Result<PathBuf> {
     }
 }
 
-/// One progress line per step with its duration.
+/// One progress line per step with its duration. On a terminal, the innermost running step also shows a
+/// ticking elapsed time on the line below it (mmdebstrap and mksquashfs run for minutes without a word);
+/// elsewhere (CI, pipes) only the plain lines are printed.
 pub struct Step {
     name: String,
     start: Instant,
 }
 
+/// Running steps, innermost last; the ticker thread shows the last one.
+static RUNNING: std::sync::Mutex<Vec<(String, Instant)>> = std::sync::Mutex::new(Vec::new());
+static TICKER: std::sync::Once = std::sync::Once::new();
+
+fn ticking() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var("FERRY_PROGRESS").map(|v| v != "plain").unwrap_or(true)
+}
+
+/// The ticker's line for step `name` after `secs` seconds.
+pub fn ticker_line(name: &str, secs: u64) -> String {
+    const SPIN: [char; 4] = ['|', '/', '-', '\\'];
+    format!("    {} {name}: {}:{:02}", SPIN[(secs % 4) as usize], secs / 60, secs % 60)
+}
+
+/// Clear the ticker's line (before a plain line is printed over it).
+fn clear_ticker() {
+    if ticking() {
+        eprint!("\r\x1b[K");
+    }
+}
+
+/// Print a line on stderr under a running step (clearing the ticker first).
+pub fn say(line: &str) {
+    clear_ticker();
+    eprintln!("{line}");
+}
+
 impl Step {
     pub fn start(name: impl Into<String>) -> Step {
         let name = name.into();
+        clear_ticker();
         eprintln!("==> {name}");
+        if ticking() {
+            if let Ok(mut r) = RUNNING.lock() {
+                r.push((name.clone(), Instant::now()));
+            }
+            TICKER.call_once(|| {
+                std::thread::spawn(|| loop {
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                    if let Some((n, t)) = RUNNING.lock().ok().and_then(|r| r.last().cloned()) {
+                        eprint!("\r\x1b[K{}", ticker_line(&n, t.elapsed().as_secs()));
+                    }
+                });
+            });
+        }
         Step { name, start: Instant::now() }
     }
     pub fn done(self, note: &str) {
+        if let Ok(mut r) = RUNNING.lock() {
+            r.retain(|(n, _)| *n != self.name);
+        }
+        clear_ticker();
         eprintln!(
             "    {} done in {:.1}s{}",
             self.name,
@@ -148,4 +196,15 @@ pub fn data_lines(text: &str) -> Vec<String> {
 
 pub fn read_data_file(p: &Path) -> Result<Vec<String>> {
     Ok(data_lines(&std::fs::read_to_string(p).ctx(|| format!("read {}", p.display()))?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticker_shows_minutes_and_seconds() {
+        assert_eq!(ticker_line("rootfs: mksquashfs (zstd)", 0), "    | rootfs: mksquashfs (zstd): 0:00");
+        assert_eq!(ticker_line("boot", 125), "    / boot: 2:05");
+    }
 }

@@ -17,7 +17,7 @@ pub fn out_dir() -> PathBuf {
     std::env::var_os("FERRY_OUT").map(PathBuf::from).unwrap_or_else(|| repo().join("out"))
 }
 
-/// Keep every guest of a suite on this machine: SNTP off (`ntpserver=`: no lookups of pool.ntp.org), and
+/// Keep every guest of a suite on this machine (and the host's docker CLI config untouched): SNTP off (`ntpserver=`: no lookups of pool.ntp.org), and
 /// QEMU's user network restricted so a guest can reach neither the host nor beyond (forwards still work).
 /// A test that needs the guest to reach the host's loopback (the SNTP case) clears these for its boot.
 pub fn isolate_guests() {
@@ -26,6 +26,12 @@ pub fn isolate_guests() {
     }
     if std::env::var_os("FERRY_NET_RESTRICT").is_none() {
         std::env::set_var("FERRY_NET_RESTRICT", "1");
+    }
+    // The docker contexts `ferry up` makes go to the suite's own docker CLI config, not the user's.
+    if std::env::var_os("DOCKER_CONFIG").is_none() {
+        let d = std::env::temp_dir().join(format!("ferry-docker-config-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&d);
+        std::env::set_var("DOCKER_CONFIG", d);
     }
 }
 
