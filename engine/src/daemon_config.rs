@@ -18,12 +18,12 @@ pub struct Prepared {
     pub keys: Vec<String>,
 }
 
-/// The text dockerd gets, and one note per key removed. Text that is not a JSON object is passed on
-/// unchanged: dockerd refuses it with its own message (shown by `/etc/init.d/docker start`), and a config
-/// dockerd refuses opens no socket.
-pub fn clean(text: &str, source: &str) -> (String, Vec<String>) {
+/// The text dockerd gets, one note per key removed, and the keys it keeps. Text that is not a JSON object is
+/// passed on unchanged: dockerd refuses it with its own message (shown by `/etc/init.d/docker start`), and a
+/// config dockerd refuses opens no socket.
+pub fn clean(text: &str, source: &str) -> (String, Prepared) {
     let Ok(serde_json::Value::Object(mut map)) = serde_json::from_str::<serde_json::Value>(text) else {
-        return (text.to_string(), vec![]);
+        return (text.to_string(), Prepared::default());
     };
     let mut notes = vec![];
     for k in OWNED_KEYS {
@@ -31,10 +31,9 @@ pub fn clean(text: &str, source: &str) -> (String, Vec<String>) {
             notes.push(format!("{source}: ignoring \"{k}\": {v} (the engine manager owns the listeners: unix socket and :2376 with TLS)"));
         }
     }
-    if notes.is_empty() {
-        return (text.to_string(), notes);
-    }
-    (serde_json::Value::Object(map).to_string(), notes)
+    let keys = map.keys().cloned().collect();
+    let out = if notes.is_empty() { text.to_string() } else { serde_json::Value::Object(map).to_string() };
+    (out, Prepared { notes, keys })
 }
 
 /// Write the cleaned copy of `source` (absent: an empty object) to `dest`.
@@ -44,16 +43,12 @@ pub fn prepare(source: &Path, dest: &Path) -> Result<Prepared> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => "{}".to_string(),
         Err(e) => return Err(e).ctx(|| format!("read {}", source.display())),
     };
-    let (out, notes) = clean(&text, &source.display().to_string());
+    let (out, prepared) = clean(&text, &source.display().to_string());
     if let Some(dir) = dest.parent() {
         std::fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
     }
     crate::certs::write_file(dest, &out, 0o600)?;
-    let keys = match serde_json::from_str::<serde_json::Value>(&out) {
-        Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
-        _ => vec![],
-    };
-    Ok(Prepared { notes, keys })
+    Ok(prepared)
 }
 
 #[cfg(test)]
@@ -62,7 +57,9 @@ mod tests {
 
     #[test]
     fn hosts_are_dropped_and_the_rest_kept() {
-        let (out, notes) = clean(r#"{"hosts": ["tcp://0.0.0.0:2375", "unix:///x.sock"], "debug": true, "labels": ["a=b"]}"#, "d.json");
+        let (out, Prepared { notes, keys }) =
+            clean(r#"{"hosts": ["tcp://0.0.0.0:2375", "unix:///x.sock"], "debug": true, "labels": ["a=b"]}"#, "d.json");
+        assert_eq!(keys, ["debug", "labels"]);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert!(v.get("hosts").is_none());
         assert_eq!(v["debug"], true);
@@ -74,7 +71,8 @@ mod tests {
     #[test]
     fn clean_or_broken_text_is_passed_unchanged() {
         for t in [r#"{"debug": true}"#, "{ not json", "[1]"] {
-            assert_eq!(clean(t, "x"), (t.to_string(), vec![]));
+            let (out, p) = clean(t, "x");
+            assert_eq!((out.as_str(), p.notes.len()), (t, 0));
         }
     }
 

@@ -101,7 +101,7 @@ pub fn resolve(
             Ok(c) => {
                 // The home is in RAM: the docker user's copy of the client bundle is put back every boot.
                 if let Some(cd) = &paths.client_dir {
-                    restore_client_bundle(cd, &g).unwrap_or_else(|e| log(&format!("ERROR: client bundle: {e}")));
+                    copy_client_bundle(cd, &g, false).unwrap_or_else(|e| log(&format!("ERROR: client bundle: {e}")));
                 }
                 return Ok(Material { config: Arc::new(c), source: format!("generated {}", g.display()) });
             }
@@ -114,7 +114,7 @@ pub fn resolve(
     b.write_to(&g)?;
     certs::write_file(&g.join("names"), &names_record(hostname, ips), 0o644)?;
     if let Some(cd) = &paths.client_dir {
-        install_client_bundle(cd, &b).unwrap_or_else(|e| log(&format!("ERROR: client bundle: {e}")));
+        copy_client_bundle(cd, &g, true).unwrap_or_else(|e| log(&format!("ERROR: client bundle: {e}")));
     }
     log(&format!("generated a CA, server and client certificate in {} (client bundle for the docker user)", g.display()));
     let c = server_config(&gca, &gcert, &gkey)?;
@@ -140,31 +140,18 @@ pub fn refresh_generated(paths: &Paths, hostname: &str, ips: &[std::net::IpAddr]
     server_config(&g.join("ca.pem"), &g.join("server.pem"), &g.join("server-key.pem")).map(Some)
 }
 
-fn install_client_bundle(dir: &Path, b: &certs::Bundle) -> Result<()> {
+/// Copy the generated client bundle (ca, cert, key) from `generated` into `dir`, owned by docker. With
+/// `replace` every file is written (a new set was just made); without it only missing files are (the home
+/// is in RAM and loses them at a reboot, and a file the user put there, e.g. from userdata.tar, stays).
+fn copy_client_bundle(dir: &Path, generated: &Path, replace: bool) -> Result<()> {
     std::fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
-    for (name, text, mode) in [("ca.pem", &b.ca_cert, 0o644), ("cert.pem", &b.client_cert, 0o644), ("key.pem", &b.client_key, 0o600)] {
-        let p = dir.join(name);
-        certs::write_file(&p, text, mode)?;
-        chown_docker(&p);
-    }
-    chown_docker(dir);
-    if let Some(parent) = dir.parent() {
-        chown_docker(parent);
-    }
-    Ok(())
-}
-
-/// Copy the generated client bundle from `generated` into `dir` where a file is missing (a file the user
-/// put there, e.g. from userdata.tar, is left alone).
-fn restore_client_bundle(dir: &Path, generated: &Path) -> Result<()> {
     for (name, mode) in [("ca.pem", 0o644), ("cert.pem", 0o644), ("key.pem", 0o600)] {
         let to = dir.join(name);
-        if to.exists() {
+        if !replace && to.exists() {
             continue;
         }
         let from = generated.join(name);
         let text = std::fs::read_to_string(&from).ctx(|| format!("read {}", from.display()))?;
-        std::fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
         certs::write_file(&to, &text, mode)?;
         chown_docker(&to);
     }

@@ -74,30 +74,21 @@ fn owned(word: &str) -> Option<bool> {
     None
 }
 
-/// The `--config-file` that EXTRA_ARGS names, if any (the engine manager hands dockerd a cleaned copy).
-fn config_file(words: &[&str]) -> Option<String> {
-    let mut it = words.iter();
-    while let Some(w) = it.next() {
-        if let Some(v) = w.strip_prefix("--config-file=") {
-            return Some(v.to_string());
-        }
-        if *w == "--config-file" {
-            return it.next().map(|v| v.to_string());
-        }
-    }
-    None
-}
-
 pub fn from_vars(vars: &[(String, String)]) -> Profile {
     let get = |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let mut p = Profile { tls: true, ..Default::default() };
     let words: Vec<&str> = get("EXTRA_ARGS").unwrap_or("").split_whitespace().collect();
-    p.config_file = config_file(&words);
     let mut i = 0;
     while i < words.len() {
         let w = words[i];
         if let Some(takes) = owned(w) {
             let skip = if takes && i + 1 < words.len() { 2 } else { 1 };
+            // The config file is not dropped but taken over: dockerd gets a cleaned copy of it.
+            if let Some(v) = w.strip_prefix("--config-file=") {
+                p.config_file = Some(v.to_string());
+            } else if w == "--config-file" && skip == 2 {
+                p.config_file = Some(words[i + 1].to_string());
+            }
             p.notes.push(format!(
                 "EXTRA_ARGS: ignoring {} (the engine manager owns the listeners, TLS and the config file)",
                 words[i..i + skip].join(" ")

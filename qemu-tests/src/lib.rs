@@ -157,6 +157,31 @@ impl DockerEnv {
     }
 }
 
+/// The client bundle the engine generated in the guest (`~/.docker/{ca,cert,key}.pem`), copied over ssh
+/// into `dir` (retried while the engine is still making it), and a docker CLI that uses it.
+pub fn guest_client(home: &Path, m: &ferry_builder::machine::Machine, dir: &Path) -> Result<DockerEnv, String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    for f in ["ca.pem", "cert.pem", "key.pem"] {
+        let o = retry(2 * MIN, || ferry(home, &["ssh", &m.name, "--", &format!("cat ~/.docker/{f}")], MIN))?;
+        std::fs::write(dir.join(f), o).map_err(|e| e.to_string())?;
+    }
+    let p = m.ports().map_err(|e| e.to_string())?;
+    Ok(DockerEnv { host: format!("tcp://127.0.0.1:{}", p.api), cert_path: dir.display().to_string() })
+}
+
+/// The subjectAltName of the certificate the front door at `env` serves (openssl s_client with `env`'s
+/// client certificate), retried for a minute until it holds `want`.
+pub fn served_san_has(env: &DockerEnv, want: &str) -> Result<String, String> {
+    let c = Path::new(&env.cert_path);
+    let script = format!(
+        "openssl s_client -connect 127.0.0.1:{} -cert {} -key {} </dev/null 2>/dev/null | openssl x509 -noout -ext subjectAltName",
+        env.port(),
+        c.join("cert.pem").display(),
+        c.join("key.pem").display()
+    );
+    retry(MIN, || contains(run(Command::new("sh").args(["-c", &script]), None, MIN), want))
+}
+
 /// A tar of a minimal busybox rootfs (the host's static busybox), for `docker import`. Commands run as
 /// `busybox APPLET ...`, so no applet links are needed.
 pub fn busybox_rootfs_tar() -> Result<Vec<u8>, String> {

@@ -68,18 +68,6 @@ fn launch(m: &Machine, userdata_tar: &Path, disks: Vec<Drive>, extra: &[String],
     l.start().map_err(err)
 }
 
-/// The generated client bundle, copied out of the VM (`~/.docker`), and a docker CLI using it.
-fn client(home: &Path, name: &str, m: &Machine) -> Result<DockerEnv, String> {
-    let dir = home.join(format!("{name}-client"));
-    std::fs::create_dir_all(&dir).map_err(err)?;
-    for f in ["ca.pem", "cert.pem", "key.pem"] {
-        let text = retry(2 * MIN, || ssh(home, name, &format!("cat ~/.docker/{f}")))?;
-        std::fs::write(dir.join(f), text).map_err(err)?;
-    }
-    let p = m.ports().map_err(err)?;
-    Ok(DockerEnv { host: format!("tcp://127.0.0.1:{}", p.api), cert_path: dir.display().to_string() })
-}
-
 /// The disk boot2docker's automount made of a "format-me" disk: fdisk's MBR with partition 2 (1000 MiB
 /// swap, type 82) first and partition 1 (type 83) on the rest, mkswap without a label, then
 /// `mkfs.ext4 -i 8192 -L boot2docker-data`. `root` becomes the filesystem's contents.
@@ -308,7 +296,7 @@ fn boot2docker_disk(r: &mut Report, home: &Path) {
             text_has(&o, &["docker:staff 640 .ferry-dotfile", "docker:staff 600 .docker/config.json", "dotfile from userdata", "psFormat"])
         })(),
     );
-    let env = match client(home, "b2d", &m) {
+    let env = match guest_client(home, &m, &home.join("b2d-client")) {
         Ok(e) => e,
         Err(e) => {
             r.check("the generated client bundle in ~/.docker", Err(e));
@@ -637,15 +625,8 @@ fn dhcp_leases(r: &mut Report, home: &Path) {
         "the generated server certificate follows the new address",
         (|| {
             wait_console(&m, "192.168.77.77", MIN)?;
-            let env = client(home, "lab", &m)?;
-            let c = Path::new(&env.cert_path);
-            let script = format!(
-                "openssl s_client -connect 127.0.0.1:{} -cert {} -key {} </dev/null 2>/dev/null | openssl x509 -noout -ext subjectAltName",
-                env.port(),
-                c.join("cert.pem").display(),
-                c.join("key.pem").display()
-            );
-            retry(MIN, || contains(run(Command::new("sh").args(["-c", &script]), None, MIN), "IP Address:192.168.77.77"))
+            let env = guest_client(home, &m, &home.join("lab-client"))?;
+            served_san_has(&env, "IP Address:192.168.77.77")
         })(),
     );
     r.check(

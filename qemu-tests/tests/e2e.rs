@@ -350,36 +350,17 @@ fn bad_tls_boot(r: &mut Report, home: &Path) {
     r.check(
         "bad TLS: generated client bundle works with the docker CLI",
         (|| {
-            let dir = home.join("badtls-client");
-            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-            for f in ["ca.pem", "cert.pem", "key.pem"] {
-                let o = retry(2 * MIN, || {
-                    run(
-                        Command::new(ferry_bin()).args(["ssh", "e2e-badtls", "--", &format!("cat ~/.docker/{f}")]).env("FERRY_HOME", home),
-                        None,
-                        MIN,
-                    )
-                })?;
-                std::fs::write(dir.join(f), o).map_err(|e| e.to_string())?;
-            }
-            let p = m.ports().map_err(|e| e.to_string())?;
-            let env = DockerEnv { host: format!("tcp://127.0.0.1:{}", p.api), cert_path: dir.display().to_string() };
+            let env = guest_client(home, &m, &home.join("badtls-client"))?;
             contains(env.run(&["version", "--format", "{{.Server.Version}}"], None, 2 * MIN), "26.")
         })(),
     );
     r.check(
         "generated server certificate follows a new address (re-issued, no restart)",
         (|| {
-            let dir = home.join("badtls-client");
             ferry(home, &["ssh", "e2e-badtls", "--", "sudo ip addr add 10.0.2.99/24 dev eth0"], MIN)?;
             let p = m.ports().map_err(|e| e.to_string())?;
-            let script = format!(
-                "openssl s_client -connect 127.0.0.1:{} -cert {} -key {} </dev/null 2>/dev/null | openssl x509 -noout -ext subjectAltName",
-                p.api,
-                dir.join("cert.pem").display(),
-                dir.join("key.pem").display()
-            );
-            retry(MIN, || contains(run(Command::new("sh").args(["-c", &script]), None, MIN), "IP Address:10.0.2.99"))?;
+            let env = DockerEnv { host: format!("tcp://127.0.0.1:{}", p.api), cert_path: home.join("badtls-client").display().to_string() };
+            served_san_has(&env, "IP Address:10.0.2.99")?;
             console_has(&m, &["server certificate re-issued"])
         })(),
     );
