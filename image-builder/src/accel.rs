@@ -175,12 +175,9 @@ fn early_segment(initrd: &Path, to: &Path) -> Option<PathBuf> {
     Some(to.to_path_buf())
 }
 
-/// The kernel and initrd the probe boots: the build's own (`FERRY_OUT`, else the checkout's out/).
+/// The kernel and initrd the probe boots: the build's own (see util::out_dir).
 fn probe_kernel() -> Option<(PathBuf, PathBuf)> {
-    let out = match std::env::var_os("FERRY_OUT") {
-        Some(o) => PathBuf::from(o),
-        None => crate::util::repo_root().ok()?.join("out"),
-    };
+    let out = crate::util::out_dir();
     let (k, i) = (out.join("vmlinuz"), out.join("initrd.img"));
     (k.is_file() && i.is_file()).then_some((k, i))
 }

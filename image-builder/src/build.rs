@@ -10,73 +10,45 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub struct Inputs {
-    pub repo: PathBuf,
     pub out: PathBuf,
     pub epoch: i64,
-    pub init: PathBuf,
-    pub engine: PathBuf,
 }
 
 /// Instants every format we write can store: FAT starts in 1980, squashfs stores 32-bit seconds.
 pub const EPOCH_RANGE: std::ops::RangeInclusive<i64> = 315_532_800..=4_294_967_295;
 
-/// SOURCE_DATE_EPOCH, else the last commit's time, so the same checkout builds the same bytes.
-/// What the image is made of, relative to the checkout: its data, the code of every binary in it (and of
-/// the builder), and the lock file. Docs, tests and CI scripts are not among them.
-pub const IMAGE_INPUTS: &[&str] = &["rootfs", "kernel-config", "init", "engine", "image-builder", "Cargo.lock", "Cargo.toml", ".cargo"];
+/// The build time when SOURCE_DATE_EPOCH is not set: this release's date (2026-11-30 00:00 UTC). Fixed,
+/// so the image depends on its inputs only (not on git, a clock or where the binary sits); moved forward
+/// with each release, since the guest takes it as the earliest believable time for its clock.
+pub const RELEASE_EPOCH: i64 = 1_795_996_800;
 
-pub fn source_date_epoch(repo: &Path) -> Result<i64> {
-    if let Ok(v) = std::env::var("SOURCE_DATE_EPOCH") {
-        return v.trim().parse::<i64>().ok().filter(|e| EPOCH_RANGE.contains(e)).ok_or_else(|| {
-            Error::msg(format!(
-                "SOURCE_DATE_EPOCH={v:?} is not a time the media can record: give seconds since 1970 between {} (1980, FAT's first year) and {} (2106, squashfs's last)",
-                EPOCH_RANGE.start(),
-                EPOCH_RANGE.end()
-            ))
-        });
-    }
-    // The last commit that changed what the image is made of: a docs-only commit keeps the build time, so
-    // out/ stays current and the next `ferry up` boots at once.
-    let out = util::run(Command::new("git").arg("-C").arg(repo).args(["log", "-1", "--format=%ct", "--"]).args(IMAGE_INPUTS));
-    match out.ok().and_then(|s| s.trim().parse().ok()) {
-        Some(t) => Ok(t),
-        None => Err(Error::msg("set SOURCE_DATE_EPOCH (no git history to take the build time from)")),
-    }
+/// SOURCE_DATE_EPOCH when set, else [`RELEASE_EPOCH`].
+pub fn source_date_epoch() -> Result<i64> {
+    let Ok(v) = std::env::var("SOURCE_DATE_EPOCH") else {
+        return Ok(RELEASE_EPOCH);
+    };
+    v.trim().parse::<i64>().ok().filter(|e| EPOCH_RANGE.contains(e)).ok_or_else(|| {
+        Error::msg(format!(
+            "SOURCE_DATE_EPOCH={v:?} is not a time the media can record: give seconds since 1970 between {} (1980, FAT's first year) and {} (2106, squashfs's last)",
+            EPOCH_RANGE.start(),
+            EPOCH_RANGE.end()
+        ))
+    })
 }
 
 impl Inputs {
     pub fn discover(out: PathBuf) -> Result<Inputs> {
-        let repo = util::repo_root()?;
-        Ok(Inputs {
-            epoch: source_date_epoch(&repo)?,
-            init: util::sibling_binary("init")?,
-            engine: util::sibling_binary("ferry-engine")?,
-            repo,
-            out,
-        })
+        Ok(Inputs { epoch: source_date_epoch()?, out })
     }
 
-    /// Hash of everything the image is made from (except Debian's archive, which the manifest records).
-    pub fn fingerprint(&self) -> Result<String> {
-        let mut all = Vec::new();
-        for dir in ["rootfs", "kernel-config", "image-builder/media"] {
-            let mut files = Vec::new();
-            collect(&self.repo.join(dir), &mut files);
-            files.sort();
-            for f in files {
-                // Relative names: the same inputs in another checkout (or a moved one) are the same build.
-                all.extend_from_slice(f.strip_prefix(&self.repo).unwrap_or(&f).to_string_lossy().as_bytes());
-                all.extend_from_slice(&std::fs::read(&f).ctx(|| format!("read {}", f.display()))?);
-            }
-        }
-        all.extend_from_slice(util::sha256_file(&self.init)?.as_bytes());
-        all.extend_from_slice(util::sha256_file(&self.engine)?.as_bytes());
+    /// Hash of everything the image is made from (except Debian's archive, which the manifest records):
+    /// the data and guest binaries embedded in this `ferry`, its image-making sources, its version and the
+    /// build time. Docs, tests, CI scripts and the CLI's own code are not among them.
+    pub fn fingerprint(&self) -> String {
+        let mut all = crate::assets::fingerprint_input();
+        all.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
         all.extend_from_slice(self.epoch.to_string().as_bytes());
-        // The builder itself: a new ISO writer must not find out/ "up to date".
-        if let Ok(me) = std::env::current_exe() {
-            all.extend_from_slice(util::sha256_file(&me)?.as_bytes());
-        }
-        Ok(util::sha256_hex(&all))
+        util::sha256_hex(&all)
     }
 }
 
@@ -99,8 +71,8 @@ pub const ARTIFACTS: [&str; 5] = ["vmlinuz", "initrd.img", "kernel.config", "fer
 /// Is out/ up to date with these inputs?
 fn is_current(inp: &Inputs) -> bool {
     let m = std::fs::read_to_string(inp.out.join("manifest.json")).ok().and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
-    let fp = inp.fingerprint().ok();
-    matches!((m, fp), (Some(m), Some(fp)) if m["inputs"].as_str() == Some(fp.as_str())
+    let fp = inp.fingerprint();
+    matches!(m, Some(m) if m["inputs"].as_str() == Some(fp.as_str())
         && ARTIFACTS.iter().all(|a| inp.out.join(a).is_file()))
 }
 
@@ -189,7 +161,9 @@ fn build_steps(inp: &Inputs) -> Result<serde_json::Value> {
         std::fs::remove_dir_all(&work).ctx(|| format!("clean {}", work.display()))?;
     }
     std::fs::create_dir_all(&work).ctx(|| format!("create {}", work.display()))?;
-    let repo = &inp.repo;
+    // The checkout's data as this binary carries it, read from files like any checkout.
+    let repo = &work.join("inputs");
+    crate::assets::unpack(repo)?;
 
     let s = Step::start("kernel: extract Debian's linux-image-amd64");
     let ktree = work.join("kernel");
@@ -220,7 +194,7 @@ fn build_steps(inp: &Inputs) -> Result<serde_json::Value> {
     let s = Step::start("rootfs: trim, overlay, Ferry binaries, modules");
     let freed = rootfs::trim(&root, &util::read_data_file(&repo.join("rootfs/trim.txt"))?)?;
     let n = rootfs::apply_overlay(&repo.join("rootfs/overlay"), &repo.join("rootfs/modes.txt"), &root)?;
-    rootfs::install_ferry_binaries(&root, &inp.init, &inp.engine)?;
+    rootfs::install_ferry_binaries(&root, crate::assets::INIT, crate::assets::FERRY_ENGINE)?;
     rootfs::install_file(&root.join("etc/ferry/build-epoch"), format!("{}\n", inp.epoch).as_bytes(), 0o644)?;
     rootfs::install_file(&root.join("etc/ferry/version"), format!("{}\n", env!("CARGO_PKG_VERSION")).as_bytes(), 0o644)?;
     let moddir = ktree.join("usr/lib/modules").join(&kver);
@@ -296,7 +270,7 @@ fn build_steps(inp: &Inputs) -> Result<serde_json::Value> {
     let manifest = serde_json::json!({
         "ferry_version": env!("CARGO_PKG_VERSION"),
         "source_date_epoch": inp.epoch,
-        "inputs": inp.fingerprint()?,
+        "inputs": inp.fingerprint(),
         "kernel": kver,
         "suite": debian::SUITE,
         "boot_packages": boot_versions.iter().map(|(p, v)| serde_json::json!({"name": p, "version": v})).collect::<Vec<_>>(),
@@ -333,8 +307,7 @@ fn initramfs(inp: &Inputs, kver: &str, early_dir: &Path, busybox: &[u8], squash:
     w.add("dev/null", 0o666, Body::CharDev(1, 3));
     w.add("bin/busybox", 0o755, Body::File(busybox));
     w.add("bin/sh", 0, Body::Symlink("busybox"));
-    let init = std::fs::read(&inp.init).ctx(|| format!("read {}", inp.init.display()))?;
-    w.add("init", 0o755, Body::File(&init));
+    w.add("init", 0o755, Body::File(crate::assets::INIT));
     w.add(ferry_init::rootswitch::MARKER.trim_start_matches('/'), 0o644, Body::File(b"ferry initramfs\n"));
     let mut files = Vec::new();
     collect(early_dir, &mut files);
@@ -395,39 +368,18 @@ mod tests {
         let _ = std::fs::remove_dir_all(&out);
     }
 
-    /// The build time is the last commit that touched an image input: a later docs-only commit keeps it.
+    /// The fingerprint reads nothing from disk or git: the same binary gives the same one wherever it runs,
+    /// and only the build time (besides what the binary carries) moves it.
     #[test]
-    fn docs_only_commits_keep_the_build_time() {
-        let repo = std::env::temp_dir().join(format!("ferry-epoch-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&repo);
-        std::fs::create_dir_all(repo.join("rootfs")).unwrap();
-        std::fs::create_dir_all(repo.join("docs")).unwrap();
-        let git = |args: &[&str], date: &str| {
-            let st = std::process::Command::new("git")
-                .arg("-C")
-                .arg(&repo)
-                .args(["-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"])
-                .args(args)
-                .env("GIT_AUTHOR_DATE", date)
-                .env("GIT_COMMITTER_DATE", date)
-                .env_remove("SOURCE_DATE_EPOCH")
-                .output()
-                .unwrap();
-            assert!(st.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&st.stderr));
-        };
-        git(&["init", "-q"], "@1700000000 +0000");
-        std::fs::write(repo.join("rootfs/packages.txt"), "docker.io\n").unwrap();
-        git(&["add", "-A"], "@1700000000 +0000");
-        git(&["commit", "-q", "-m", "inputs"], "@1700000000 +0000");
-        std::fs::write(repo.join("docs/notes.md"), "words\n").unwrap();
-        git(&["add", "-A"], "@1800000000 +0000");
-        git(&["commit", "-q", "-m", "docs"], "@1800000000 +0000");
-        if std::env::var_os("SOURCE_DATE_EPOCH").is_none() {
-            assert_eq!(super::source_date_epoch(&repo).unwrap(), 1_700_000_000);
-            std::fs::write(repo.join("rootfs/packages.txt"), "docker.io\nsudo\n").unwrap();
-            git(&["commit", "-q", "-am", "more"], "@1750000000 +0000");
-            assert_eq!(super::source_date_epoch(&repo).unwrap(), 1_750_000_000);
-        }
-        let _ = std::fs::remove_dir_all(&repo);
+    fn the_fingerprint_depends_on_the_inputs_only() {
+        let at = |epoch| super::Inputs { out: "/nonexistent".into(), epoch }.fingerprint();
+        let here = at(super::RELEASE_EPOCH);
+        let cwd = std::env::current_dir().unwrap();
+        std::env::set_current_dir("/").unwrap();
+        let elsewhere = at(super::RELEASE_EPOCH);
+        std::env::set_current_dir(cwd).unwrap();
+        assert_eq!(here, elsewhere);
+        assert_ne!(here, at(super::RELEASE_EPOCH + 1));
+        assert!(super::EPOCH_RANGE.contains(&super::RELEASE_EPOCH));
     }
 }

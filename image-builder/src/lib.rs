@@ -1,6 +1,7 @@
 //! Ferry's image builder and host CLI: rootfs assembly, initramfs, kernel checks, and the QEMU machine
 //! runner behind `ferry up`.
 pub mod accel;
+pub mod assets;
 pub mod build;
 pub mod context;
 pub mod cpio;

@@ -1,4 +1,4 @@
-//! Machines on the host: a directory per machine (~/.ferry/machines/NAME) with its SSH key, certificates
+//! Machines on the host: a directory per machine (~/.local/share/ferry/machines/NAME, see util::machines_home) with its SSH key, certificates
 //! (CA, client = DOCKER_CERT_PATH, server), the fw_cfg userdata.tar, ports, QEMU pid, QMP socket, console log.
 use crate::error::{Context, Error, Result};
 use crate::shares::{self, HostShare};
@@ -27,10 +27,7 @@ pub struct Ports {
 }
 
 pub fn home() -> PathBuf {
-    if let Ok(h) = std::env::var("FERRY_HOME") {
-        return PathBuf::from(h);
-    }
-    PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".ferry")
+    crate::util::machines_home()
 }
 
 fn free_port() -> Result<u16> {

@@ -7,7 +7,6 @@ use ferry_builder::machine::{self, Machine, Shell};
 use ferry_builder::settings::{self, Settings};
 use ferry_builder::{context, disk, ping, portfwd, qemu, shares, status, util};
 use std::io::IsTerminal;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +16,7 @@ use std::time::{Duration, Instant};
     about = "Build the Ferry appliance and run it under QEMU",
     disable_version_flag = true,
     arg_required_else_help = true,
-    after_help = "Environment: FERRY_HOME (machines), FERRY_OUT (build output), FERRY_CACHE (downloads),\nFERRY_ACCEL=kvm|tcg (force the accelerator; else KVM when a probe VM boots under it)."
+    after_help = "Environment: FERRY_HOME (machines; default ~/.local/share/ferry), FERRY_OUT (build output; default\n~/.local/share/ferry/out, the checkout's out/ through ./ferry), FERRY_CACHE (downloads; default ~/.cache/ferry),\nXDG_DATA_HOME and XDG_CACHE_HOME move the defaults, FERRY_ACCEL=kvm|tcg (force the accelerator; else KVM when a probe VM boots under it)."
 )]
 struct Cli {
     /// Print Ferry's version and the Docker version in the image
@@ -195,13 +194,6 @@ fn main() {
     }
 }
 
-fn out_dir() -> Result<PathBuf> {
-    match std::env::var("FERRY_OUT") {
-        Ok(o) => Ok(PathBuf::from(o)),
-        Err(_) => Ok(util::repo_root()?.join("out")),
-    }
-}
-
 /// What the machine shares on this boot (see shares::resolve); saved when the flags changed it.
 fn resolve_shares(m: &Machine, new: bool, a: ShareArgs) -> Result<Vec<shares::HostShare>> {
     let base = if a.none {
@@ -225,9 +217,8 @@ fn resolve_shares(m: &Machine, new: bool, a: ShareArgs) -> Result<Vec<shares::Ho
 
 /// Ferry's version and the Docker engine's in the built image (from out/manifest.json).
 fn version_line() -> String {
-    let docker = out_dir()
+    let docker = std::fs::read_to_string(util::out_dir().join("manifest.json"))
         .ok()
-        .and_then(|o| std::fs::read_to_string(o.join("manifest.json")).ok())
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
         .and_then(|m| {
             m.get("packages")?.as_array()?.iter().find(|p| p["name"] == "docker.io").and_then(|p| p["version"].as_str().map(str::to_string))
@@ -253,7 +244,7 @@ fn run(cli: Cli) -> Result<i32> {
     };
     match cmd {
         Cmd::Build { force } => {
-            let inp = Inputs::discover(out_dir()?)?;
+            let inp = Inputs::discover(util::out_dir())?;
             if !build::ensure(&inp, force)? {
                 eprintln!("ferry: {} is up to date (use --force to rebuild)", inp.out.display());
             }
@@ -460,7 +451,7 @@ fn up(a: UpArgs) -> Result<i32> {
         return Err(Error::msg(format!("machine {name} has a data disk; --no-disk applies to new machines (ferry rm {name} first)")));
     }
     let total = Instant::now();
-    let inp = Inputs::discover(out_dir()?)?;
+    let inp = Inputs::discover(util::out_dir())?;
     build::ensure(&inp, false)?;
     m.create(disk_bytes)?;
     if let (true, Some(b)) = (disk_change, disk_bytes) {

@@ -97,12 +97,11 @@ pub fn apply_overlay(overlay: &Path, modes_file: &Path, root: &Path) -> Result<u
 }
 
 /// Ferry's own binaries: init (multi-call) with its applet links, and the engine manager.
-pub fn install_ferry_binaries(root: &Path, init: &Path, engine: &Path) -> Result<()> {
-    let read = |p: &Path| std::fs::read(p).ctx(|| format!("read {}", p.display()));
-    install_file(&root.join("usr/sbin/init"), &read(init)?, 0o755)?;
+pub fn install_ferry_binaries(root: &Path, init: &[u8], engine: &[u8]) -> Result<()> {
+    install_file(&root.join("usr/sbin/init"), init, 0o755)?;
     for applet in ["poweroff", "reboot", "halt", "modprobe"] {
         symlink("init", &root.join("usr/sbin").join(applet))?;
     }
     symlink("../sbin/init", &root.join("usr/bin/sethostname"))?;
-    install_file(&root.join("usr/local/bin/ferry-engine"), &read(engine)?, 0o755)
+    install_file(&root.join("usr/local/bin/ferry-engine"), engine, 0o755)
 }

@@ -40,28 +40,6 @@ pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// The checkout this binary was built from (the workspace root), found from the binary's location or cwd.
-pub fn repo_root() -> Result<PathBuf> {
-    if let Ok(r) = std::env::var("FERRY_REPO") {
-        return Ok(PathBuf::from(r));
-    }
-    let mut starts = vec![];
-    if let Ok(exe) = std::env::current_exe() {
-        starts.push(exe);
-    }
-    if let Ok(cwd) = std::env::current_dir() {
-        starts.push(cwd);
-    }
-    for s in starts {
-        for a in s.ancestors() {
-            if a.join("kernel-config").is_dir() && a.join("rootfs").is_dir() && a.join("Cargo.toml").is_file() {
-                return Ok(a.to_path_buf());
-            }
-        }
-    }
-    Err(Error::msg("cannot find the Ferry checkout (set FERRY_REPO to it)"))
-}
-
 /// The directory the user ran `ferry` from: the `./ferry` wrapper changes into the checkout and passes the
 /// user's own directory in FERRY_CWD, so relative paths mean what the user meant.
 pub fn user_cwd() -> PathBuf {
@@ -99,24 +77,56 @@ impl FileLock {
     }
 }
 
-/// Download cache outside the checkout (~/.cache/ferry), keyed by content.
-pub fn cache_dir() -> PathBuf {
-    if let Ok(c) = std::env::var("FERRY_CACHE") {
-        return PathBuf::from(c);
-    }
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-    PathBuf::from(home).join(".cache/ferry")
+fn home_dir() -> PathBuf {
+    PathBuf::from(std::env::var_os("HOME").filter(|h| !h.is_empty()).unwrap_or_else(|| "/root".into()))
 }
 
-/// Build artefacts of the Rust workspace that go into the image (init, ferry-engine) sit next to us.
-pub fn sibling_binary(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe().ctx(|| "locate the ferry binary".into())?;
-    let p = exe.parent().map(|d| d.join(name)).unwrap_or_default();
-    if p.is_file() {
-        Ok(p)
-    } else {
-        Err(Error::msg(format!("{} not found next to {}; build with ./ferry (cargo build --release)", name, exe.display())))
+/// An XDG base directory: `$VAR` when it is an absolute path (the specification ignores relative ones),
+/// else `~/FALLBACK`.
+fn xdg(var: &str, fallback: &str) -> PathBuf {
+    match std::env::var_os(var).map(PathBuf::from) {
+        Some(p) if p.is_absolute() => p,
+        _ => home_dir().join(fallback),
     }
+}
+
+/// Downloads, keyed by content: FERRY_CACHE, else `$XDG_CACHE_HOME/ferry` (~/.cache/ferry).
+pub fn cache_dir() -> PathBuf {
+    match std::env::var_os("FERRY_CACHE") {
+        Some(c) => PathBuf::from(c),
+        None => xdg("XDG_CACHE_HOME", ".cache").join("ferry"),
+    }
+}
+
+/// Ferry's own data: `$XDG_DATA_HOME/ferry` (~/.local/share/ferry).
+pub fn data_dir() -> PathBuf {
+    xdg("XDG_DATA_HOME", ".local/share").join("ferry")
+}
+
+/// The build output (vmlinuz, initrd.img, media, manifest.json): FERRY_OUT, else `<data dir>/out`. The
+/// `./ferry` wrapper sets FERRY_OUT to the checkout's out/.
+pub fn out_dir() -> PathBuf {
+    match std::env::var_os("FERRY_OUT") {
+        Some(o) => PathBuf::from(o),
+        None => data_dir().join("out"),
+    }
+}
+
+/// Where machines live (`<this>/machines/NAME`): FERRY_HOME, else the data directory. A `~/.ferry` made
+/// by an earlier Ferry keeps being used while the data directory has no machines of its own, so an update
+/// never hides a machine and its disk.
+pub fn machines_home() -> PathBuf {
+    if let Some(h) = std::env::var_os("FERRY_HOME") {
+        return PathBuf::from(h);
+    }
+    pick_machines_home(data_dir(), home_dir().join(".ferry"))
+}
+
+fn pick_machines_home(new: PathBuf, old: PathBuf) -> PathBuf {
+    if !new.join("machines").is_dir() && old.join("machines").is_dir() {
+        return old;
+    }
+    new
 }
 
 /// One progress line per step with its duration. On a terminal, the innermost running step also shows a
@@ -206,5 +216,18 @@ mod tests {
     fn ticker_shows_minutes_and_seconds() {
         assert_eq!(ticker_line("rootfs: mksquashfs (zstd)", 0), "    | rootfs: mksquashfs (zstd): 0:00");
         assert_eq!(ticker_line("boot", 125), "    / boot: 2:05");
+    }
+
+    #[test]
+    fn machines_made_by_an_earlier_ferry_stay_in_use() {
+        let t = std::env::temp_dir().join(format!("ferry-mhome-{}", std::process::id()));
+        let (new, old) = (t.join("share/ferry"), t.join(".ferry"));
+        let pick = || super::pick_machines_home(new.clone(), old.clone());
+        assert_eq!(pick(), new, "nothing anywhere: the XDG directory");
+        std::fs::create_dir_all(old.join("machines/default")).unwrap();
+        assert_eq!(pick(), old, "only ~/.ferry has machines");
+        std::fs::create_dir_all(new.join("machines")).unwrap();
+        assert_eq!(pick(), new, "the XDG directory has its own");
+        let _ = std::fs::remove_dir_all(&t);
     }
 }

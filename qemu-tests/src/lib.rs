@@ -21,6 +21,10 @@ pub fn out_dir() -> PathBuf {
 /// QEMU's user network restricted so a guest can reach neither the host nor beyond (forwards still work).
 /// A test that needs the guest to reach the host's loopback (the SNTP case) clears these for its boot.
 pub fn isolate_guests() {
+    // Every `ferry` the suite runs boots the build under test, whatever HOME a test gives it.
+    if std::env::var_os("FERRY_OUT").is_none() {
+        std::env::set_var("FERRY_OUT", out_dir());
+    }
     if std::env::var_os("FERRY_APPEND").is_none() {
         std::env::set_var("FERRY_APPEND", "ntpserver=");
     }

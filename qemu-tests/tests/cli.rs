@@ -2,7 +2,8 @@
 //! values exit 2 with the usage line, `--version`, completions, relative paths, `ls` (table, JSON, names)
 //! with and without a running machine, the docker context used by the real docker CLI with no DOCKER_*
 //! variables, `rm`'s refusals and its confirmation-free `-y`, and `up --cpus 1 --memory 1536M
-//! --disk-size` on an existing machine checked inside the guest. Two boots of one machine.
+//! --disk-size` on an existing machine checked inside the guest, and a copy of ferry outside the checkout
+//! using the XDG directories. Two boots of one machine.
 use qemu_tests::*;
 use std::path::Path;
 use std::process::Command;
@@ -15,6 +16,73 @@ fn ferry_in(home: &Path, cwd: &Path, args: &[&str]) -> (i32, String, String) {
         Ok(o) => (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into(), String::from_utf8_lossy(&o.stderr).into()),
         Err(e) => (-1, String::new(), e.to_string()),
     }
+}
+
+/// The `./ferry` wrapper run with PATH = a directory of stand-ins: `tools` are linked to the host's real
+/// ones, `fakes` are shell scripts. Returns (exit code, stderr).
+fn wrapper_with(dir: &Path, tools: &[&str], fakes: &[(&str, &str)], args: &[&str]) -> Result<(i32, String), String> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    for t in tools {
+        let real = ["/usr/bin", "/bin", "/usr/sbin", "/sbin"].iter().map(|d| Path::new(d).join(t)).find(|p| p.exists());
+        let real = real.ok_or_else(|| format!("no {t} on this host"))?;
+        std::os::unix::fs::symlink(real, dir.join(t)).map_err(|e| e.to_string())?;
+    }
+    for (name, script) in fakes {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{script}\n")).map_err(|e| e.to_string())?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+    }
+    let o = Command::new("/bin/bash").arg(repo().join("ferry")).args(args).env("PATH", dir).output().map_err(|e| e.to_string())?;
+    Ok((o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).into()))
+}
+
+/// The wrapper's host checks stop at once, exit 1, and say what is needed and where it comes from.
+fn host_checks(base: &Path) -> Result<String, String> {
+    const BASIC: &[&str] = &["dirname", "readlink", "sed", "sort", "head", "id", "grep"];
+    let with = |extra: &[&'static str]| BASIC.iter().chain(extra).copied().collect::<Vec<&'static str>>();
+    let dir = base.join("fake-path");
+    struct Case {
+        name: &'static str,
+        tools: Vec<&'static str>,
+        fakes: &'static [(&'static str, &'static str)],
+        args: &'static [&'static str],
+        want: &'static [&'static str],
+    }
+    let apt = ["uname", "apt-get", "dpkg-query"];
+    let cases = [
+        Case {
+            name: "not x86_64",
+            tools: with(&[]),
+            fakes: &[("uname", "echo aarch64")],
+            args: &["up"],
+            want: &["this host is aarch64", "x86_64 Debian or Ubuntu host"],
+        },
+        Case {
+            name: "no apt",
+            tools: with(&["uname"]),
+            fakes: &[],
+            args: &["up"],
+            want: &["not Debian or Ubuntu", "qemu-system-x86", "mmdebstrap", "docker.io", "ovmf", "cargo install"],
+        },
+        Case { name: "no cargo", tools: with(&apt), fakes: &[], args: &["--version"], want: &["cargo not found", "rustup"] },
+        Case {
+            name: "old Rust",
+            tools: with(&apt),
+            fakes: &[("cargo", "exit 0"), ("rustc", "echo 'rustc 1.70.0 (90c541806 2023-05-31)'")],
+            args: &["--version"],
+            want: &["Rust 1.70 is too old", "rustup update stable"],
+        },
+    ];
+    for c in &cases {
+        let (code, err) = wrapper_with(&dir, &c.tools, c.fakes, c.args)?;
+        if code != 1 || !c.want.iter().all(|w| err.contains(w)) || err.contains("==>") {
+            return Err(format!("{}: exit {code}, stderr {err:?}, wanted {:?}", c.name, c.want));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(String::new())
 }
 
 fn machines(home: &Path) -> Vec<String> {
@@ -119,6 +187,10 @@ fn main() {
             Err(format!("exit {code}: {out}{err}"))
         }
     });
+    r.check(
+        "./ferry on a host it cannot serve (not x86_64, no apt, no cargo, old Rust): stops at once and says what to get",
+        host_checks(&base),
+    );
     r.check("ls with no machine: the header only; rm and env of a machine that does not exist fail", {
         let (code, out, _) = ferry_in(&home, &cwd, &["ls"]);
         let (rm, _, rm_err) = ferry_in(&home, &cwd, &["rm", "-y", "nosuch"]);
@@ -130,28 +202,36 @@ fn main() {
         }
     });
 
-    r.check("no rebuild after a docs-only commit: ferry build in a clone is up to date before and after it", {
+    r.check("a copy of ferry outside the checkout: the XDG directories, and the checkout's build is current for it", {
         (|| {
-            let (clone, out) = (base.join("repo"), base.join("out"));
-            run(Command::new("git").args(["clone", "-q", "--local"]).arg(repo()).arg(&clone), None, MIN)?;
-            run(Command::new("cp").args(["-a", "--reflink=auto"]).arg(out_dir()).arg(&out), None, 5 * MIN)?;
-            let build = || run(Command::new(ferry_bin()).arg("build").env("FERRY_REPO", &clone).env("FERRY_OUT", &out), None, 30 * MIN);
-            // Current already when the checkout is a clean commit; made current otherwise.
-            build()?;
-            std::fs::create_dir_all(clone.join("docs")).map_err(|e| e.to_string())?;
-            std::fs::write(clone.join("docs/cli-test.md"), "a docs-only change\n").map_err(|e| e.to_string())?;
-            let git = |args: &[&str]| {
-                run(Command::new("git").arg("-C").arg(&clone).args(["-c", "user.name=t", "-c", "user.email=t@t"]).args(args), None, MIN)
-            };
-            git(&["add", "-A"])?;
-            git(&["commit", "-q", "-m", "docs only"])?;
-            let t = std::time::Instant::now();
-            let o = build()?;
-            if o.contains("is up to date") {
-                Ok(format!("{:.1}s", t.elapsed().as_secs_f64()))
-            } else {
-                Err(format!("it built again: {o}"))
+            let (bin, xhome) = (base.join("bin/ferry"), base.join("xdg-home"));
+            let xout = xhome.join(".local/share/ferry/out");
+            std::fs::create_dir_all(base.join("bin")).map_err(|e| e.to_string())?;
+            std::fs::create_dir_all(&xout).map_err(|e| e.to_string())?;
+            std::fs::copy(ferry_bin(), &bin).map_err(|e| e.to_string())?;
+            // The build's outputs, as `ferry build` would have left them in the XDG data directory.
+            for f in ["manifest.json", "vmlinuz", "initrd.img", "kernel.config", "ferry.iso", "ferry.img"] {
+                run(Command::new("cp").args(["--reflink=auto"]).arg(out_dir().join(f)).arg(xout.join(f)), None, 5 * MIN)?;
             }
+            let copy = |args: &[&str]| {
+                let mut c = Command::new(&bin);
+                c.args(args).current_dir(&base).env("HOME", &xhome);
+                for v in ["FERRY_OUT", "FERRY_HOME", "FERRY_REPO", "FERRY_CWD", "FERRY_CACHE", "XDG_DATA_HOME", "XDG_CACHE_HOME"] {
+                    c.env_remove(v);
+                }
+                run(&mut c, None, 30 * MIN)
+            };
+            let t = std::time::Instant::now();
+            let built = copy(&["build"])?;
+            if !built.contains(&format!("{} is up to date", xout.display())) {
+                return Err(format!("it built again (or elsewhere): {built}"));
+            }
+            let version = copy(&["--version"])?;
+            let ls = copy(&["ls", "-q"])?;
+            if !version.contains("docker 26.") || !ls.trim().is_empty() {
+                return Err(format!("--version: {version}; ls -q: {ls:?}"));
+            }
+            Ok(format!("up to date in {:.1}s", t.elapsed().as_secs_f64()))
         })()
     });
 

@@ -1,7 +1,8 @@
 //! The bootable media, end to end:
 //! - validators: xorriso's El Torito report, fsck.fat on both ESPs, sgdisk/fdisk on the partition tables,
 //!   the volume id docker-machine reads, the kernel and initrd stored once;
-//! - a second clean build (same inputs, same SOURCE_DATE_EPOCH) gives bit-identical artefacts; bad
+//! - a second clean build (same inputs, same SOURCE_DATE_EPOCH), by a copy of ferry run outside the
+//!   checkout, gives bit-identical artefacts; bad
 //!   SOURCE_DATE_EPOCH values are refused up front and leave nothing in the output directory;
 //! - the boot matrix under QEMU TCG: every firmware/medium/hardware combination boots to a running engine
 //!   that answers `docker version` over mTLS, and the guest confirms how it was booted (BIOS or UEFI,
@@ -184,8 +185,25 @@ fn manifest_epoch() -> Option<i64> {
     v["source_date_epoch"].as_i64()
 }
 
+/// `ferry build` into `dir` by a copy of ferry outside the checkout, run from elsewhere: what it builds
+/// comes from what the binary carries, not from the checkout.
 fn build_into(dir: &Path, epoch: &str) -> Result<String, String> {
-    run(Command::new(ferry_bin()).arg("build").env("FERRY_OUT", dir).env("SOURCE_DATE_EPOCH", epoch), None, 30 * MIN)
+    let elsewhere = dir.with_extension("bin");
+    std::fs::create_dir_all(&elsewhere).map_err(|e| format!("create {}: {e}", elsewhere.display()))?;
+    let bin = elsewhere.join("ferry");
+    std::fs::copy(ferry_bin(), &bin).map_err(|e| format!("copy ferry to {}: {e}", bin.display()))?;
+    let o = run(
+        Command::new(&bin)
+            .arg("build")
+            .current_dir(&elsewhere)
+            .env("FERRY_OUT", dir)
+            .env("SOURCE_DATE_EPOCH", epoch)
+            .env_remove("FERRY_REPO"),
+        None,
+        30 * MIN,
+    );
+    let _ = std::fs::remove_dir_all(&elsewhere);
+    o
 }
 
 fn reproducible(r: &mut Report, home: &Path) {
@@ -217,7 +235,7 @@ fn reproducible(r: &mut Report, home: &Path) {
     let t = Instant::now();
     let built = build_into(&dir, &epoch.to_string());
     r.check(
-        "a second clean build (same inputs and SOURCE_DATE_EPOCH) gives bit-identical initrd.img, ferry.iso, ferry.img",
+        "a second clean build, by a copy of ferry outside the checkout (same inputs and SOURCE_DATE_EPOCH), gives bit-identical initrd.img, ferry.iso, ferry.img",
         built.and_then(|_| {
             let mut diffs = Vec::new();
             for f in ["initrd.img", "ferry.iso", "ferry.img", "vmlinuz"] {
