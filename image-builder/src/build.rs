@@ -207,6 +207,16 @@ fn build_steps(inp: &Inputs) -> Result<serde_json::Value> {
     cat.install(&moddir, &chosen, &root_mods)?;
     s.done(&format!("{} MB trimmed, {n} overlay files, {} modules", freed >> 20, chosen.len()));
 
+    let s = Step::start("firmware: the files the shipped drivers name");
+    let fw_pkgs = util::read_data_file(&repo.join("kernel-config/firmware.txt"))?;
+    let fwtree = work.join("firmware");
+    let key: Vec<&str> = [debian::SUITE, debian::FIRMWARE_COMPONENTS].into_iter().chain(fw_pkgs.iter().map(String::as_str)).collect();
+    let hit =
+        cached_tree("firmware", &key, &fwtree, |d| debian::extract_from(d, &fw_pkgs, debian::FIRMWARE_COMPONENTS, inp.epoch, "firmware"))?;
+    let wanted = cat.firmware(&moddir, &chosen)?;
+    let firmware = rootfs::install_firmware(&fwtree.join("usr/lib/firmware"), &wanted, &root.join("usr/lib/firmware"))?;
+    s.done(&format!("{} of {} named files{}", firmware.len(), wanted.len(), if hit { ", from cache" } else { "" }));
+
     let s = Step::start("rootfs: mksquashfs (zstd)");
     let squash = work.join("rootfs.squashfs");
     let e = inp.epoch.to_string();
@@ -276,6 +286,7 @@ fn build_steps(inp: &Inputs) -> Result<serde_json::Value> {
         "boot_packages": boot_versions.iter().map(|(p, v)| serde_json::json!({"name": p, "version": v})).collect::<Vec<_>>(),
         "packages": versions.iter().map(|(p, v)| serde_json::json!({"name": p, "version": v})).collect::<Vec<_>>(),
         "modules": chosen.iter().collect::<Vec<_>>(),
+        "firmware": firmware,
         "artifacts": {
             "vmlinuz": {"sha256": util::sha256_hex(&vmlinuz), "bytes": vmlinuz.len()},
             "initrd.img": {"sha256": util::sha256_hex(&initrd), "bytes": initrd.len()},

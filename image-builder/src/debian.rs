@@ -8,12 +8,16 @@ use std::process::Command;
 
 pub const SUITE: &str = "trixie";
 
-fn base(variant: &str, epoch: i64, cache: &Path) -> Command {
+/// Archive components: main for everything but the NIC firmware (kernel-config/firmware.txt).
+const MAIN: &str = "main";
+pub const FIRMWARE_COMPONENTS: &str = "main,non-free-firmware";
+
+fn base(variant: &str, components: &str, epoch: i64, cache: &Path) -> Command {
     let mut c = Command::new("mmdebstrap");
     c.env("SOURCE_DATE_EPOCH", epoch.to_string())
         .arg(format!("--variant={variant}"))
         .arg("--mode=root")
-        .arg("--components=main")
+        .arg(format!("--components={components}"))
         .arg("--aptopt=APT::Install-Recommends \"false\"")
         .arg("--skip=essential/unlink")
         .arg("--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/")
@@ -40,7 +44,7 @@ fn deb_cache() -> Result<PathBuf> {
 
 /// The rootfs: essential set + packages, with the customize commands (user creation) run in the chroot.
 pub fn rootfs(dest: &Path, packages: &[String], customize: &[String], epoch: i64) -> Result<()> {
-    let mut c = base("essential", epoch, &deb_cache()?);
+    let mut c = base("essential", MAIN, epoch, &deb_cache()?);
     c.arg(format!("--include={}", packages.join(",")));
     for cmd in customize {
         c.arg(format!("--customize-hook=chroot \"$1\" sh -c '{}'", cmd.replace('\'', "'\\''")));
@@ -52,7 +56,12 @@ pub fn rootfs(dest: &Path, packages: &[String], customize: &[String], epoch: i64
 /// Packages extracted into a tree, no scripts run: the kernel (/boot/vmlinuz-*, /boot/config-*,
 /// /usr/lib/modules/*) and the boot loaders of the media. `what` names them in errors.
 pub fn extract(dest: &Path, packages: &[String], epoch: i64, what: &str) -> Result<()> {
-    let mut c = base("extract", epoch, &deb_cache()?);
+    extract_from(dest, packages, MAIN, epoch, what)
+}
+
+/// [`extract`] from the given archive components.
+pub fn extract_from(dest: &Path, packages: &[String], components: &str, epoch: i64, what: &str) -> Result<()> {
+    let mut c = base("extract", components, epoch, &deb_cache()?);
     // Extracted packages leave no dpkg status behind; record what was fetched for the manifest.
     c.arg(format!("--extract-hook=for f in \"$1\"/var/cache/apt/archives/*.deb; do dpkg-deb --show --showformat='${{Package}}\\t${{Version}}\\n' \"$f\"; done > \"$1\"/{VERSIONS_FILE}"));
     c.arg(format!("--include={}", packages.join(","))).arg(SUITE).arg(dest);

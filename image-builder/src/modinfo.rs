@@ -1,4 +1,4 @@
-//! Read a kernel module's `.modinfo` section (aliases, dependencies) from a .ko / .ko.xz file.
+//! Read a kernel module's `.modinfo` section (aliases, dependencies, firmware) from a .ko / .ko.xz file.
 use crate::error::{Context, Error, Result};
 use std::path::Path;
 
@@ -6,6 +6,8 @@ use std::path::Path;
 pub struct ModInfo {
     pub aliases: Vec<String>,
     pub depends: Vec<String>,
+    /// Firmware files the driver may request, relative to /lib/firmware.
+    pub firmware: Vec<String>,
 }
 
 pub fn read(path: &Path) -> Result<ModInfo> {
@@ -56,6 +58,8 @@ pub fn parse_elf(b: &[u8]) -> Option<ModInfo> {
             let s = String::from_utf8_lossy(kv);
             if let Some(a) = s.strip_prefix("alias=") {
                 info.aliases.push(a.to_string());
+            } else if let Some(f) = s.strip_prefix("firmware=") {
+                info.firmware.push(f.to_string());
             } else if let Some(d) = s.strip_prefix("depends=") {
                 info.depends.extend(d.split(',').filter(|x| !x.is_empty()).map(|x| x.replace('-', "_")));
             }

@@ -83,6 +83,15 @@ impl Catalog {
         Ok(order)
     }
 
+    /// Firmware files the modules `names` may request (their modinfo `firmware=` entries), sorted.
+    pub fn firmware(&mut self, moddir: &Path, names: &BTreeSet<String>) -> Result<BTreeSet<String>> {
+        let mut all = BTreeSet::new();
+        for n in names {
+            all.extend(self.info(moddir, n)?.firmware);
+        }
+        Ok(all)
+    }
+
     /// Copy `names` into `dest/<rel path>` and write modules.dep, modules.alias, modules.builtin there.
     pub fn install(&mut self, moddir: &Path, names: &BTreeSet<String>, dest: &Path) -> Result<()> {
         let mut dep = String::new();

@@ -108,6 +108,8 @@ pub enum Bus {
     Usb,
     /// A CD-ROM drive on virtio-scsi (how Hyper-V Gen2 presents its DVD: SCSI, no IDE).
     ScsiCdrom,
+    /// A disk on VMware's paravirtual SCSI controller (PVSCSI): /dev/sdX.
+    Pvscsi,
 }
 
 #[derive(Debug, Clone)]
@@ -137,6 +139,7 @@ impl Drive {
             Bus::Cdrom => format!("ide-cd,drive=disk{i},bus={ahci}.{i}"),
             Bus::ScsiCdrom => format!("scsi-cd,drive=disk{i},bus=scsi0.0"),
             Bus::Usb => format!("usb-storage,drive=disk{i},bus=xhci.0"),
+            Bus::Pvscsi => format!("scsi-hd,drive=disk{i},bus=pvscsi0.0"),
         };
         vec!["-drive".into(), drive, "-device".into(), device]
     }
@@ -238,6 +241,9 @@ impl Launch {
         }
         if self.disks.iter().any(|d| d.bus == Bus::ScsiCdrom) {
             a.extend(["-device".into(), "virtio-scsi-pci,id=scsi0".into()]);
+        }
+        if self.disks.iter().any(|d| d.bus == Bus::Pvscsi) {
+            a.extend(["-device".into(), "pvscsi,id=pvscsi0".into()]);
         }
         if self.disks.iter().any(|d| d.bus == Bus::Usb) {
             a.extend(["-device".into(), "qemu-xhci,id=xhci".into()]);

@@ -96,6 +96,25 @@ pub fn apply_overlay(overlay: &Path, modes_file: &Path, root: &Path) -> Result<u
     Ok(files.len())
 }
 
+/// Copy the firmware files in `wanted` that `from` has (as they are, or compressed as .zst/.xz, which
+/// the kernel's loader also reads) to `to`. Returns the files copied, relative to `to`; a wanted file
+/// Debian does not ship is simply absent (drivers list every revision they know).
+pub fn install_firmware(from: &Path, wanted: &std::collections::BTreeSet<String>, to: &Path) -> Result<Vec<String>> {
+    let mut copied = Vec::new();
+    for w in wanted {
+        for name in [w.clone(), format!("{w}.zst"), format!("{w}.xz")] {
+            let src = from.join(&name);
+            // Debian's firmware trees use symlinks for aliases: read through them, install plain files.
+            if let Ok(data) = std::fs::read(&src) {
+                install_file(&to.join(&name), &data, 0o644)?;
+                copied.push(name);
+                break;
+            }
+        }
+    }
+    Ok(copied)
+}
+
 /// Ferry's own binaries: init (multi-call) with its applet links, and the engine manager.
 pub fn install_ferry_binaries(root: &Path, init: &[u8], engine: &[u8]) -> Result<()> {
     install_file(&root.join("usr/sbin/init"), init, 0o755)?;
@@ -104,4 +123,23 @@ pub fn install_ferry_binaries(root: &Path, init: &[u8], engine: &[u8]) -> Result
     }
     symlink("../sbin/init", &root.join("usr/bin/sethostname"))?;
     install_file(&root.join("usr/local/bin/ferry-engine"), engine, 0o755)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn firmware_named_by_drivers_is_copied_plain_or_compressed_and_missing_files_are_skipped() {
+        let t = std::env::temp_dir().join(format!("ferry-fw-{}", std::process::id()));
+        let (from, to) = (t.join("deb/usr/lib/firmware"), t.join("root/usr/lib/firmware"));
+        std::fs::create_dir_all(from.join("rtl_nic")).unwrap();
+        std::fs::write(from.join("rtl_nic/rtl8168h-2.fw"), b"plain").unwrap();
+        std::fs::write(from.join("rtl_nic/rtl8125b-2.fw.zst"), b"zstd").unwrap();
+        std::fs::write(from.join("rtl_nic/unwanted.fw"), b"x").unwrap();
+        let wanted = ["rtl_nic/rtl8168h-2.fw", "rtl_nic/rtl8125b-2.fw", "tigon/tg3.bin"].iter().map(|s| s.to_string()).collect();
+        let got = super::install_firmware(&from, &wanted, &to).unwrap();
+        assert_eq!(got, ["rtl_nic/rtl8125b-2.fw.zst", "rtl_nic/rtl8168h-2.fw"]);
+        assert_eq!(std::fs::read(to.join("rtl_nic/rtl8125b-2.fw.zst")).unwrap(), b"zstd");
+        assert!(!to.join("rtl_nic/unwanted.fw").exists());
+        let _ = std::fs::remove_dir_all(&t);
+    }
 }

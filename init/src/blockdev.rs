@@ -60,15 +60,46 @@ pub fn candidates() -> Vec<Disk> {
     out
 }
 
+/// USB mass-storage interfaces (class 08) with no block device below them yet: usb-storage waits a
+/// second (`delay_use`) before it scans, so such a disk comes late. `sys` is /sys.
+pub fn usb_storage_pending(sys: &std::path::Path) -> usize {
+    fn has_block(dir: &std::path::Path, depth: usize) -> bool {
+        let Ok(rd) = std::fs::read_dir(dir) else { return false };
+        rd.flatten().any(|e| {
+            let ft = e.file_type().ok();
+            let is_dir = ft.is_some_and(|t| t.is_dir() && !t.is_symlink());
+            if e.file_name() == "block" {
+                return std::fs::read_dir(e.path()).is_ok_and(|mut b| b.next().is_some());
+            }
+            is_dir && depth < 8 && has_block(&e.path(), depth + 1)
+        })
+    }
+    let Ok(rd) = std::fs::read_dir(sys.join("bus/usb/devices")) else { return 0 };
+    rd.flatten()
+        .filter(|e| std::fs::read_to_string(e.path().join("bInterfaceClass")).is_ok_and(|c| c.trim() == "08"))
+        .filter(|e| !std::fs::canonicalize(e.path()).is_ok_and(|real| has_block(&real, 0)))
+        .count()
+}
+
+/// Does this machine have a USB host controller (a root hub `usbN`)? Its devices enumerate after the
+/// controller's module loads, so a USB data disk shows up a moment after coldplug has finished.
+fn has_usb_hosts(sys: &std::path::Path) -> bool {
+    std::fs::read_dir(sys.join("bus/usb/devices")).is_ok_and(|rd| rd.flatten().any(|e| e.file_name().to_string_lossy().starts_with("usb")))
+}
+
 /// Candidates once the set stops changing: SCSI/ATA buses probe asynchronously after their modules load,
-/// so a disk may appear a moment after coldplug. `want` (ferry.disk) is waited for longer.
+/// so a disk may appear a moment after coldplug. `want` (ferry.disk) is waited for longer. With USB host
+/// controllers the wait lasts at least 2 s (enumeration), and while a USB disk is still being scanned.
 pub fn settled_candidates(want: Option<&str>) -> Vec<Disk> {
+    let sys = std::path::Path::new("/sys");
     let start = std::time::Instant::now();
+    let min = if has_usb_hosts(sys) { std::time::Duration::from_secs(2) } else { std::time::Duration::ZERO };
     let mut last = candidates();
     let mut stable = 0;
     while start.elapsed() < std::time::Duration::from_secs(10) {
         let has_want = want.is_none_or(|w| last.iter().any(|d| d.name == w));
-        if stable >= 3 && (has_want || start.elapsed() > std::time::Duration::from_secs(3)) {
+        let usb_done = start.elapsed() >= min && usb_storage_pending(sys) == 0;
+        if stable >= 3 && usb_done && (has_want || start.elapsed() > std::time::Duration::from_secs(3)) {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(250));
@@ -172,6 +203,31 @@ pub fn swap_header(bytes: u64, label: &str, uuid: [u8; 16]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_usb_disk_is_pending_until_its_block_device_appears() {
+        let sys = std::env::temp_dir().join(format!("ferry-usbsys-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&sys);
+        let bus = sys.join("bus/usb/devices");
+        let dev = sys.join("devices/pci0000:00/0000:00:04.0/usb2/2-1");
+        for (iface, class) in [("2-1:1.0", "08"), ("2-1:1.1", "03")] {
+            std::fs::create_dir_all(dev.join(iface)).unwrap();
+            std::fs::write(dev.join(iface).join("bInterfaceClass"), format!("{class}\n")).unwrap();
+        }
+        std::fs::create_dir_all(&bus).unwrap();
+        std::os::unix::fs::symlink(dev.join("2-1:1.0"), bus.join("2-1:1.0")).unwrap();
+        std::os::unix::fs::symlink(dev.join("2-1:1.1"), bus.join("2-1:1.1")).unwrap();
+        std::os::unix::fs::symlink(sys.join("devices/pci0000:00/0000:00:04.0/usb2"), bus.join("usb2")).unwrap();
+        assert!(super::has_usb_hosts(&sys));
+        assert_eq!(super::usb_storage_pending(&sys), 1, "the storage interface has no disk yet; the keyboard is not waited for");
+        let block = dev.join("2-1:1.0/host2/target2:0:0/2:0:0:0/block");
+        std::fs::create_dir_all(&block).unwrap();
+        assert_eq!(super::usb_storage_pending(&sys), 1, "an empty block directory is not a disk");
+        std::fs::create_dir_all(block.join("sdb")).unwrap();
+        assert_eq!(super::usb_storage_pending(&sys), 0);
+        let _ = std::fs::remove_dir_all(&sys);
+        assert!(!super::has_usb_hosts(&sys));
+    }
 
     #[test]
     fn partition_names() {

@@ -11,6 +11,7 @@ pub mod error;
 pub mod fwcfg;
 pub mod glob;
 pub mod gpt;
+pub mod guest_tools;
 pub mod hooks;
 pub mod ipconfig;
 pub mod kmod;

@@ -4,7 +4,9 @@ use crate::cmdline::Cmdline;
 use crate::error::Error;
 use crate::services::{self, Supervisor};
 use crate::shutdown::{self, Action};
-use crate::{clock, coldplug, disk, hooks, kmod, log, mounts, network, powerbutton, provision, rescue, shares, sys, timesync, trust};
+use crate::{
+    clock, coldplug, disk, guest_tools, hooks, kmod, log, mounts, network, powerbutton, provision, rescue, shares, sys, timesync, trust,
+};
 use std::time::Duration;
 
 pub const DEFAULT_HOSTNAME: &str = "ferry";
@@ -100,6 +102,11 @@ pub fn run() -> ! {
     let _ = log::phase("services", || {
         sup.add(services::ENGINE);
         sup.add(services::SSHD);
+        let (tools, why) = guest_tools::for_this_machine();
+        log::line(&format!("guest tools: {why}"));
+        for t in tools {
+            sup.add(t.spec.clone());
+        }
         if cmdline.autologin {
             let gid = group_id("docker").unwrap_or(50);
             for tty in consoles() {

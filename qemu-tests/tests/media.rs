@@ -261,37 +261,49 @@ struct Case {
     uefi: bool,
     secure_boot: bool,
     nic: &'static str,
+    /// The driver eth0 must be bound to ("" = not checked).
+    nic_driver: &'static str,
     no_defaults: bool,
     medium: &'static str,
     bus: Bus,
-    /// A format-me data disk on AHCI next to the medium (the VirtualBox + boot2docker layout).
-    data_disk: bool,
+    /// A format-me data disk next to the medium, on this bus.
+    data: Option<Bus>,
+    /// More QEMU arguments: devices (a USB keyboard), the DMI a hypervisor shows (-smbios).
+    extra: &'static [&'static str],
+    /// How the console's "guest tools:" line must begin: the hypervisor decided from DMI.
+    tools: &'static str,
 }
 
 const CASES: &[Case] = &[
     Case {
-        name: "bios-cd",
-        what: "SeaBIOS + ISO as CD-ROM",
-        chipset: "q35",
+        name: "vmware",
+        what: "VMware-like: i440fx, SeaBIOS, ISO as AHCI CD-ROM, vmxnet3, data disk on PVSCSI, VMware's DMI",
+        chipset: "pc",
         uefi: false,
         secure_boot: false,
-        nic: "virtio-net-pci",
+        nic: "vmxnet3",
+        nic_driver: "vmxnet3",
         no_defaults: false,
         medium: "ferry.iso",
         bus: Bus::Cdrom,
-        data_disk: false,
+        data: Some(Bus::Pvscsi),
+        extra: &["-smbios", "type=1,manufacturer=VMware,, Inc.,product=VMware Virtual Platform"],
+        tools: "VMware (",
     },
     Case {
         name: "bios-usb",
-        what: "SeaBIOS + ISO as a USB disk",
+        what: "SeaBIOS + ISO as a USB disk, e1000",
         chipset: "q35",
         uefi: false,
         secure_boot: false,
-        nic: "virtio-net-pci",
+        nic: "e1000",
+        nic_driver: "e1000",
         no_defaults: false,
         medium: "ferry.iso",
         bus: Bus::Usb,
-        data_disk: false,
+        data: None,
+        extra: &[],
+        tools: "none (",
     },
     Case {
         name: "uefi-cd",
@@ -300,10 +312,13 @@ const CASES: &[Case] = &[
         uefi: true,
         secure_boot: false,
         nic: "virtio-net-pci",
+        nic_driver: "",
         no_defaults: false,
         medium: "ferry.iso",
         bus: Bus::Cdrom,
-        data_disk: false,
+        data: None,
+        extra: &[],
+        tools: "none (",
     },
     Case {
         name: "uefi-usb",
@@ -312,22 +327,28 @@ const CASES: &[Case] = &[
         uefi: true,
         secure_boot: false,
         nic: "virtio-net-pci",
+        nic_driver: "",
         no_defaults: false,
         medium: "ferry.iso",
         bus: Bus::Usb,
-        data_disk: false,
+        data: None,
+        extra: &[],
+        tools: "none (",
     },
     Case {
-        name: "uefi-img",
-        what: "OVMF + ferry.img as a SATA disk",
+        name: "metal",
+        what: "bare-metal-like: OVMF, ferry.img on SATA, data disk on USB behind xHCI, USB keyboard, RTL8139",
         chipset: "q35",
         uefi: true,
         secure_boot: false,
-        nic: "virtio-net-pci",
+        nic: "rtl8139",
+        nic_driver: "8139",
         no_defaults: false,
         medium: "ferry.img",
         bus: Bus::Ahci,
-        data_disk: false,
+        data: Some(Bus::Usb),
+        extra: &["-device", "usb-kbd,bus=xhci.0"],
+        tools: "none (",
     },
     Case {
         name: "secureboot",
@@ -336,34 +357,43 @@ const CASES: &[Case] = &[
         uefi: true,
         secure_boot: true,
         nic: "virtio-net-pci",
+        nic_driver: "",
         no_defaults: false,
         medium: "ferry.iso",
         bus: Bus::Cdrom,
-        data_disk: false,
+        data: None,
+        extra: &[],
+        tools: "none (",
     },
     Case {
         name: "vbox",
-        what: "VirtualBox-like: i440fx, SeaBIOS, AHCI CD + AHCI data disk, e1000",
+        what: "VirtualBox-like: i440fx, SeaBIOS, AHCI CD + AHCI data disk, PCnet, VirtualBox's DMI",
         chipset: "pc",
         uefi: false,
         secure_boot: false,
-        nic: "e1000",
+        nic: "pcnet",
+        nic_driver: "pcnet32",
         no_defaults: false,
         medium: "ferry.iso",
         bus: Bus::Cdrom,
-        data_disk: true,
+        data: Some(Bus::Ahci),
+        extra: &["-smbios", "type=1,manufacturer=innotek GmbH,product=VirtualBox"],
+        tools: "none (",
     },
     Case {
         name: "hyperv2",
-        what: "Hyper-V-Gen2-like: q35, OVMF, no default devices, ISO on SCSI",
+        what: "Hyper-V-Gen2-like: q35, OVMF, no default devices, ISO on SCSI, Hyper-V's DMI",
         chipset: "q35",
         uefi: true,
         secure_boot: false,
         nic: "virtio-net-pci",
+        nic_driver: "",
         no_defaults: true,
         medium: "ferry.iso",
         bus: Bus::ScsiCdrom,
-        data_disk: false,
+        data: None,
+        extra: &["-smbios", "type=1,manufacturer=Microsoft Corporation,product=Virtual Machine"],
+        tools: "HyperV (",
     },
 ];
 
@@ -376,7 +406,7 @@ fn boot_case(home: &Path, c: &Case) -> Vec<(String, Result<String, String>)> {
         Err(e) => return vec![(tag("machine"), Err(e.to_string()))],
     };
     let started = (|| -> Result<(), String> {
-        m.create(c.data_disk.then_some(3 << 30)).map_err(|e| e.to_string())?;
+        m.create(c.data.map(|_| 3 << 30)).map_err(|e| e.to_string())?;
         let mut l = m.launch(&out_dir(), "").map_err(|e| e.to_string())?;
         l.direct = None;
         let firmware =
@@ -385,11 +415,12 @@ fn boot_case(home: &Path, c: &Case) -> Vec<(String, Result<String, String>)> {
         let mut medium = Drive::new(out_dir().join(c.medium), "raw");
         medium.bus = c.bus;
         medium.snapshot = true;
-        // The boot medium first; the data disk (if any) moves to AHCI.
+        // The boot medium first; the data disk (if any) moves to the case's bus.
         for d in &mut l.disks {
-            d.bus = Bus::Ahci;
+            d.bus = c.data.unwrap_or(Bus::Ahci);
         }
         l.disks.insert(0, medium);
+        l.extra.extend(c.extra.iter().map(|a| a.to_string()));
         l.start().map_err(|e| e.to_string())
     })();
     if let Err(e) = started {
@@ -449,17 +480,80 @@ fn boot_case(home: &Path, c: &Case) -> Vec<(String, Result<String, String>)> {
             }),
         ));
     }
-    if c.nic == "e1000" {
-        out.push((tag("the NIC is an e1000"), contains(ssh("basename $(readlink /sys/class/net/eth0/device/driver)"), "e1000")));
-    }
-    if c.data_disk {
-        // The ISO is the CD-ROM (sr0) on AHCI port 0; the format-me disk on port 1 is the first disk, sda.
+    if !c.nic_driver.is_empty() {
         out.push((
-            tag("the format-me disk on AHCI is formatted and holds /var/lib"),
-            contains(ssh("grep ' /var/lib ' /proc/mounts"), "/dev/sda1 /var/lib ext4")
-                .and_then(|_| console_has(&m, &["disk: formatting /dev/sda", "disk: userdata read from /dev/sda"])),
+            tag(&format!("the NIC ({}) is driven by {}", c.nic, c.nic_driver)),
+            contains(ssh("basename $(readlink /sys/class/net/eth0/device/driver)"), c.nic_driver),
         ));
     }
+    if let Some(bus) = c.data {
+        // Whatever its name (the medium may be sda), the format-me disk was formatted and holds /var/lib,
+        // behind the expected controller.
+        let via = match bus {
+            Bus::Usb => "usb",
+            Bus::Pvscsi => "vmw_pvscsi",
+            _ => "ahci",
+        };
+        out.push((
+            tag(&format!("the format-me disk on {bus:?} is formatted and holds /var/lib")),
+            ssh("d=$(awk '$2==\"/var/lib\" {print $1}' /proc/mounts); b=$(basename $d | sed 's/[0-9]*$//'); echo dev=$d; \
+                 readlink -f /sys/block/$b; cat /proc/modules | cut -d' ' -f1")
+            .and_then(|o| {
+                let dev = o.lines().next().and_then(|l| l.strip_prefix("dev=")).unwrap_or("").to_string();
+                let disk = dev.trim_end_matches(|ch: char| ch.is_ascii_digit()).to_string();
+                let behind = if bus == Bus::Usb { o.contains("/usb") } else { o.lines().any(|l| l == via) };
+                if dev.starts_with("/dev/sd") && behind {
+                    console_has(&m, &[&format!("disk: formatting {disk}")]).map(|_| dev)
+                } else {
+                    Err(format!("not on {via}: {o}"))
+                }
+            }),
+        ));
+    }
+    if c.extra.iter().any(|a| a.starts_with("usb-kbd")) {
+        out.push((
+            tag("the USB keyboard is an input device with a keyboard handler (xhci_pci, usbhid)"),
+            ssh("grep -A5 'USB Keyboard' /proc/bus/input/devices; cat /proc/modules | cut -d' ' -f1").and_then(|o| {
+                if o.contains("kbd") && o.lines().any(|l| l == "usbhid") && o.lines().any(|l| l == "xhci_pci") {
+                    Ok(String::new())
+                } else {
+                    Err(o)
+                }
+            }),
+        ));
+    }
+    // The daemons the DMI asked for are in the image and run (their libraries were not trimmed away);
+    // QEMU just lacks the device they would serve.
+    let daemons = match c.tools {
+        // vmtoolsd exits at once off VMware (a CPUID check), so its libraries and plugins are resolved
+        // by the dynamic loader instead; a missing one says "not found".
+        "VMware (" => Some((
+            "LD_TRACE_LOADED_OBJECTS=1 /usr/bin/vmtoolsd; for p in /usr/lib/x86_64-linux-gnu/open-vm-tools/plugins/*/*.so; \
+             do /lib64/ld-linux-x86-64.so.2 --list $p; done | grep -e 'not found' -e libglib | sort -u",
+            "libglib-2.0.so.0 =>",
+        )),
+        "HyperV (" => Some(("/usr/sbin/hv_kvp_daemon -h 2>&1; /usr/sbin/hv_vss_daemon -h 2>&1", "Usage")),
+        _ => None,
+    };
+    if let Some((cmd, want)) = daemons {
+        let o = ssh(cmd).and_then(|o| if o.contains("not found") { Err(o) } else { Ok(o) });
+        out.push((tag("the guest daemons' binaries and libraries are all in the image"), contains(o, want)));
+    }
+    // Guest services follow the DMI and the hypervisor's own devices, which QEMU never has: each case
+    // names its hypervisor, and none starts a daemon or logs a service failure.
+    out.push((
+        tag(&format!("guest tools: {}…, no daemon started, no service failed", c.tools)),
+        console_has(&m, &[&format!("guest tools: {}", c.tools)]).and_then(|_| {
+            let o = ssh("pgrep -l 'vmtoolsd|hv_kvp|hv_vss' || echo no-daemons")?;
+            let log = std::fs::read_to_string(m.path("console.log")).unwrap_or_default();
+            let line = log.lines().find(|l| l.contains("guest tools:")).unwrap_or("").trim().to_string();
+            if o.contains("no-daemons") && !log.contains("failed to start") && !line.contains("starting") {
+                Ok(line)
+            } else {
+                Err(o)
+            }
+        }),
+    ));
     kill_qemu(&m.path("qemu.pid"));
     out
 }
