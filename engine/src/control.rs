@@ -12,6 +12,8 @@ pub enum Command {
     Stop,
     Restart,
     Status,
+    /// From the engine manager's own SIGTERM (init's shutdown); never accepted on the control socket.
+    Shutdown,
 }
 
 impl Command {
@@ -30,6 +32,7 @@ impl Command {
             Command::Stop => "stop",
             Command::Restart => "restart",
             Command::Status => "status",
+            Command::Shutdown => "shutdown",
         }
     }
 }

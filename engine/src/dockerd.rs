@@ -37,35 +37,16 @@ pub struct Dockerd {
     /// A dockerd that a previous engine manager started (it was killed; dockerd and its containers lived
     /// on). We cannot wait() for it, so we watch it by pid.
     adopted: Option<i32>,
-    /// Whether dockerd should be running (start/stop from the control socket flip it).
-    pub wanted: bool,
     /// From the profile: extra flags and environment for the next start.
     pub extra_args: Vec<String>,
     pub env: Vec<(String, String)>,
     /// Top-level keys of the config file dockerd reads.
     pub config_keys: Vec<String>,
-    failures: u32,
-    started: Option<Instant>,
-    /// Last exit or failed start (restart back-off counts from here).
-    stopped_at: Option<Instant>,
 }
 
 impl Dockerd {
     pub fn new(binary: PathBuf, log_file: PathBuf, socket: PathBuf) -> Dockerd {
-        Dockerd {
-            binary,
-            log_file,
-            socket,
-            child: None,
-            adopted: None,
-            wanted: true,
-            extra_args: vec![],
-            env: vec![],
-            config_keys: vec![],
-            failures: 0,
-            started: None,
-            stopped_at: None,
-        }
+        Dockerd { binary, log_file, socket, child: None, adopted: None, extra_args: vec![], env: vec![], config_keys: vec![] }
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -78,7 +59,6 @@ impl Dockerd {
     pub fn adopt(&mut self, pid_file: &Path) -> Option<i32> {
         let pid = running_as(pid_file, "dockerd")?;
         self.adopted = Some(pid);
-        self.started = Some(Instant::now());
         Some(pid)
     }
 
@@ -123,7 +103,6 @@ impl Dockerd {
             .spawn()
             .ctx(|| format!("start {}", self.binary.display()))?;
         self.child = Some(child);
-        self.started = Some(Instant::now());
         Ok(())
     }
 
@@ -150,32 +129,21 @@ impl Dockerd {
         Ok(stopped)
     }
 
-    /// If dockerd exited on its own, report it. Returns Some(description) once per exit.
+    /// If dockerd exited, reap it and describe the exit, once per exit (the owner decides what follows).
     pub fn check_exit(&mut self) -> Option<String> {
-        let status = match self.adopted {
+        match self.adopted {
             // init reaped it; its exit status went there.
             Some(pid) if !alive(pid) => {
                 self.adopted = None;
-                "adopted dockerd is gone".to_string()
+                Some("adopted dockerd is gone".to_string())
             }
-            Some(_) => return None,
+            Some(_) => None,
             None => {
                 let status = self.child.as_mut()?.try_wait().ok()??;
                 self.child = None;
-                status.to_string()
+                Some(status.to_string())
             }
-        };
-        if self.started.is_some_and(|t| t.elapsed() > Duration::from_secs(60)) {
-            self.failures = 0;
         }
-        self.failures += 1;
-        self.stopped_at = Some(Instant::now());
-        Some(status)
-    }
-
-    /// Has the child exited (without reaping it; check_exit does that)?
-    pub fn exited_now(&mut self) -> bool {
-        self.adopted.is_some_and(|p| !alive(p)) || self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
     }
 
     /// The last lines of dockerd's log, for an error message that explains a failed start.
@@ -184,20 +152,6 @@ impl Dockerd {
         let text = String::from_utf8_lossy(&text[text.len().saturating_sub(16384)..]).replace('\0', "");
         let v: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
         v[v.len().saturating_sub(lines)..].join("\n")
-    }
-
-    pub fn failed_start(&mut self) {
-        self.failures += 1;
-        self.stopped_at = Some(Instant::now());
-    }
-
-    /// Has the back-off since the last exit passed?
-    pub fn due(&self) -> bool {
-        self.stopped_at.is_none_or(|t| t.elapsed() >= self.backoff())
-    }
-
-    pub fn backoff(&self) -> Duration {
-        Duration::from_secs(1u64 << self.failures.min(5)).min(Duration::from_secs(30))
     }
 }
 

@@ -7,4 +7,5 @@ pub mod dockerd;
 pub mod error;
 pub mod frontdoor;
 pub mod material;
+pub mod owner;
 pub mod profile;

@@ -2,13 +2,13 @@
 //! /etc/init.d/docker).
 use ferry_engine::control::{self, Command, Reply};
 use ferry_engine::dockerd::{self, Dockerd};
+use ferry_engine::owner::{self, Daemon};
 use ferry_engine::{daemon_config, frontdoor, material, profile};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::Mutex;
 
 const TLS_DIR: &str = "/var/lib/boot2docker/tls";
 const CLIENT_DIR: &str = "/home/docker/.docker";
@@ -212,6 +212,33 @@ impl Engine {
     }
 }
 
+impl Daemon for Engine {
+    async fn prepare(&mut self) {
+        self.apply_profile().await;
+    }
+    fn spawn(&mut self) -> ferry_engine::error::Result<()> {
+        self.d.start()
+    }
+    async fn ready(&mut self) -> bool {
+        dockerd::ping(&self.d.socket).await
+    }
+    fn exited(&mut self) -> Option<String> {
+        self.d.check_exit()
+    }
+    async fn stop(&mut self) -> ferry_engine::error::Result<bool> {
+        self.d.stop().await
+    }
+    fn pid(&self) -> Option<u32> {
+        self.d.pid()
+    }
+    fn failure_detail(&self) -> String {
+        format!("{}:\n{}", self.d.log_file.display(), self.d.log_tail(6))
+    }
+    fn housekeeping(&mut self) {
+        self.follow_addresses();
+    }
+}
+
 async fn bind() -> tokio::net::TcpListener {
     loop {
         match frontdoor::listen(PORT) {
@@ -224,65 +251,7 @@ async fn bind() -> tokio::net::TcpListener {
     }
 }
 
-async fn start_and_wait(e: &mut Engine) -> Reply {
-    e.apply_profile().await;
-    let d = &mut e.d;
-    if let Err(e) = d.start() {
-        d.failed_start();
-        return Reply { code: 1, text: format!("ERROR: {e}") };
-    }
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(90) {
-        if dockerd::ping(&d.socket).await {
-            log(&format!("engine ready: dockerd answered /_ping after {:.2}s", t.elapsed().as_secs_f64()));
-            return Reply { code: 0, text: "docker started".into() };
-        }
-        if d.pid().is_some() && d.exited_now() {
-            return Reply {
-                code: 1,
-                text: format!("dockerd exited during start; the end of {}:\n{}", d.log_file.display(), d.log_tail(6)),
-            };
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    Reply { code: 1, text: format!("docker did not answer within 90s; see {}", d.log_file.display()) }
-}
-
-async fn handle(e: &Mutex<Engine>, cmd: Command) -> Reply {
-    let mut e = e.lock().await;
-    match cmd {
-        Command::Start => {
-            e.d.wanted = true;
-            if e.d.pid().is_some() {
-                return Reply { code: 0, text: "docker is already running".into() };
-            }
-            start_and_wait(&mut e).await
-        }
-        Command::Stop => {
-            e.d.wanted = false;
-            let t = Instant::now();
-            match e.d.stop().await {
-                Ok(true) => {
-                    log(&format!("dockerd stopped in {:.2}s", t.elapsed().as_secs_f64()));
-                    Reply { code: 0, text: "docker stopped".into() }
-                }
-                Ok(false) => Reply { code: 0, text: "docker was not running".into() },
-                Err(err) => Reply { code: 1, text: format!("ERROR: {err}") },
-            }
-        }
-        Command::Restart => {
-            let _ = e.d.stop().await;
-            e.d.wanted = true;
-            start_and_wait(&mut e).await
-        }
-        Command::Status => match e.d.pid() {
-            Some(pid) => Reply { code: 0, text: format!("docker is running (pid {pid})") },
-            None => Reply { code: 3, text: "docker is not running".into() },
-        },
-    }
-}
-
-async fn control_server(d: Arc<Mutex<Engine>>) {
+async fn control_server(owner: owner::Handle) {
     let path = Path::new(control::SOCKET);
     if let Some(dir) = path.parent() {
         let _ = std::fs::create_dir_all(dir);
@@ -294,7 +263,7 @@ async fn control_server(d: Arc<Mutex<Engine>>) {
     };
     loop {
         let Ok((s, _)) = listener.accept().await else { continue };
-        let d = d.clone();
+        let owner = owner.clone();
         tokio::spawn(async move {
             let (r, mut w) = s.into_split();
             let mut line = String::new();
@@ -302,7 +271,7 @@ async fn control_server(d: Arc<Mutex<Engine>>) {
                 return;
             }
             let reply = match Command::parse(&line) {
-                Some(cmd) => handle(&d, cmd).await,
+                Some(cmd) => owner.send(cmd).await,
                 None => Reply { code: 2, text: format!("unknown command {:?}; use start, stop, restart or status", line.trim()) },
             };
             let _ = w.write_all(control::format_reply(&reply).as_bytes()).await;
@@ -326,34 +295,23 @@ async fn serve() -> i32 {
     let m = first_material(&p).await;
     log(&format!("TLS material: {}", m.source));
     let config = frontdoor::SharedConfig::new(RwLock::new(m.config));
-    let engine = Arc::new(Mutex::new(Engine {
+    let mut engine = Engine {
         d: Dockerd::new(dockerd::binary(), log_path(), dockerd::SOCKET.into()),
         config: config.clone(),
         source: m.source,
         plain: None,
-    }));
-    {
-        let mut g = engine.lock().await;
-        if let Some(pid) = g.d.adopt(Path::new(dockerd::PID_FILE)) {
-            log(&format!("adopted dockerd (pid {pid}) left running by a previous engine manager; its containers keep running"));
-        }
+    };
+    if let Some(pid) = engine.d.adopt(Path::new(dockerd::PID_FILE)) {
+        log(&format!("adopted dockerd (pid {pid}) left running by a previous engine manager; its containers keep running"));
     }
     let listener = bind().await;
     let on = listener.local_addr().map(|a| if a.is_ipv6() { "IPv6 and IPv4" } else { "IPv4 only" }).unwrap_or("?");
     log(&format!("front door listening on :{PORT}, {on} (TLS, client certificate required)"));
     tokio::spawn(frontdoor::serve(listener, config, dockerd::SOCKET.into(), Arc::new(log)));
-    {
-        let e2 = engine.clone();
-        tokio::spawn(async move {
-            let mut g = e2.lock().await;
-            let r = start_and_wait(&mut g).await;
-            if r.code != 0 {
-                log(&r.text);
-            }
-        });
-    }
-    tokio::spawn(control_server(engine.clone()));
 
+    // One owner for dockerd (it starts it now); the control socket and SIGTERM send it commands.
+    let (owner, handle) = owner::Owner::new(engine, log);
+    tokio::spawn(control_server(handle.clone()));
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {
@@ -361,34 +319,10 @@ async fn serve() -> i32 {
             return 1;
         }
     };
-    let mut tick: u64 = 0;
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-        tick += 1;
-        let mut g = engine.lock().await;
-        if tick.is_multiple_of(10) {
-            g.follow_addresses();
-        }
-        if let Some(status) = g.d.check_exit() {
-            if g.d.wanted {
-                log(&format!("dockerd exited ({status}); restarting in {}s", g.d.backoff().as_secs()));
-            }
-        }
-        // Wanted but not running (exited, or failed to start): start again once its back-off has passed.
-        if g.d.wanted && g.d.pid().is_none() && g.d.due() {
-            let r = start_and_wait(&mut g).await;
-            if r.code != 0 {
-                log(&r.text);
-            }
-        }
-    }
-    log("stopping dockerd (containers get SIGTERM)");
-    let t = Instant::now();
-    let mut g = engine.lock().await;
-    let _ = g.d.stop().await;
-    log(&format!("dockerd stopped in {:.2}s", t.elapsed().as_secs_f64()));
+    tokio::spawn(async move {
+        term.recv().await;
+        handle.send(Command::Shutdown).await;
+    });
+    owner.run().await;
     0
 }

@@ -254,18 +254,74 @@ fn main() {
         })(),
     );
 
-    // Shutdown: ACPI power-down through QMP with a container running; the engine must stop first.
+    r.check("status answers within 1 s, and says so, while a restart stops and starts dockerd", {
+        // Every status call is timed in the guest (as root, no sudo per call), less what starting
+        // ferry-engine takes just before it (it prints its usage): under TCG, with dockerd starting on the
+        // same two vCPUs, an exec alone can take most of a second. What is left is the manager's answer.
+        // The loop ends when dockerd runs again.
+        let script = "cat > /tmp/status-loop.sh <<'END'
+/etc/init.d/docker restart >/tmp/restart.log 2>&1 &
+max=0; seen=''
+for i in $(seq 1 150); do
+  z=$(date +%s%N); /usr/local/bin/ferry-engine >/dev/null 2>&1; a=$(date +%s%N)
+  s=$(/usr/local/bin/ferry-engine ctl status 2>&1); b=$(date +%s%N)
+  ms=$(( (b - a - (a - z)) / 1000000 )); [ $ms -gt $max ] && max=$ms; seen=\"$seen|$s\"
+  case \"$s\" in *'is running'*) break;; esac; sleep 0.1
+done
+wait; echo max=$max; echo \"$seen\" | tr '|' '\\n' | sort -u; cat /tmp/restart.log
+END
+sudo sh /tmp/status-loop.sh";
+        ssh(script).and_then(|o| {
+            let max: u64 = o.lines().find_map(|l| l.strip_prefix("max=")).and_then(|v| v.trim().parse().ok()).unwrap_or(u64::MAX);
+            let during = o.contains("docker is starting") || o.contains("docker is stopping");
+            if max < 1000 && during && o.contains("docker started") {
+                Ok(format!("slowest status {max} ms"))
+            } else {
+                Err(o)
+            }
+        })
+    });
+
+    // Shutdown: ACPI power-down through QMP while the engine restarts, with a container that reports its
+    // SIGTERM on the serial console (and comes back with dockerd, so the shutdown must stop it too).
     r.check(
         "a container is running before shutdown",
-        env.run(&["run", "-d", "--name", "sleeper", "ferry-busybox:test", "busybox", "sleep", "1000"], None, 2 * MIN)
-            .map(|_| String::new()),
+        env.run(
+            &[
+                "run",
+                "-d",
+                "--name",
+                "trapper",
+                "--restart",
+                "always",
+                "--device",
+                "/dev/ttyS0",
+                "ferry-busybox:test",
+                "busybox",
+                "sh",
+                "-c",
+                "trap 'echo ferry-test: container got SIGTERM > /dev/ttyS0; exit 0' TERM; while :; do sleep 1; done",
+            ],
+            None,
+            2 * MIN,
+        )
+        .map(|_| String::new()),
     );
+    let restarting = ssh("sudo sh -c '/etc/init.d/docker restart >/dev/null 2>&1 &'; sleep 1; sudo /etc/init.d/docker status || true");
     let t = Instant::now();
     let stop = ferry(&home, &["stop", "e2e"], 3 * MIN);
     let took = t.elapsed();
     r.check(
-        "ferry stop powers off within 60 s",
-        stop.and_then(|_| if took <= MIN { Ok(format!("{:.1}s", took.as_secs_f64())) } else { Err(format!("took {took:?}")) }),
+        "ACPI power-down during a docker restart: the container gets SIGTERM, the machine is off within 30 s",
+        restarting.and_then(|st| {
+            stop?;
+            let c = console("e2e");
+            if took <= Duration::from_secs(30) && c.contains("ferry-test: container got SIGTERM") {
+                Ok(format!("{:.1}s; status when the power-down came: {}", took.as_secs_f64(), st.trim()))
+            } else {
+                Err(format!("took {took:?}; SIGTERM seen: {}", c.contains("container got SIGTERM")))
+            }
+        }),
     );
     r.check("console shows the engine stopping before power-off", {
         let c = console("e2e");
