@@ -80,7 +80,7 @@ fn main() {
 /// now into target/guest. A separate target directory: the outer cargo holds the lock on target/.
 fn guest_bins(ws: &Path) -> Vec<PathBuf> {
     println!("cargo:rerun-if-env-changed=FERRY_GUEST_BINS");
-    if let Some(dir) = std::env::var_os("FERRY_GUEST_BINS") {
+    if let Some(dir) = std::env::var_os("FERRY_GUEST_BINS").filter(|d| !d.is_empty()) {
         let dir = PathBuf::from(dir);
         let bins: Vec<PathBuf> = GUEST_BINS.iter().map(|b| dir.join(b)).collect();
         for b in &bins {

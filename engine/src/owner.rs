@@ -242,7 +242,7 @@ impl<D: Daemon> Owner<D> {
         self.failures += 1;
         let wait = backoff(self.failures);
         self.answer_waiting(&Reply { code: 1, text: why.clone() });
-        (self.log)(&format!("{}; starting again in {}s", why.lines().next().unwrap_or(""), wait.as_secs()));
+        (self.log)(&format!("{}; restarting in {}s", why.lines().next().unwrap_or(""), wait.as_secs()));
         self.retry_at = Some(Instant::now() + wait);
         self.started = None;
         self.set(State::Waiting(why.lines().next().unwrap_or("").to_string()));
