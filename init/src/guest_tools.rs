@@ -2,6 +2,8 @@
 //! own hypervisor. The decision needs two facts, so a look-alike never gets a daemon that would exit at
 //! once and be restarted forever: the firmware's DMI names the hypervisor, and the device the daemon talks
 //! to exists. QEMU can claim to be VMware in its DMI tables, but it has no VMCI device.
+// boot2docker's log directory, shared with the hooks' logs.
+use crate::hooks::LOG_DIR;
 use crate::services::{Output, ServiceSpec};
 use std::path::Path;
 
@@ -33,8 +35,6 @@ impl Dmi {
         }
     }
 }
-
-const LOG_DIR: &str = "/var/lib/boot2docker/log";
 
 /// What must exist for a daemon to have something to talk to.
 #[derive(Debug, Clone, Copy, PartialEq)]
