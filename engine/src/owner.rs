@@ -105,7 +105,8 @@ pub struct Owner<D: Daemon> {
 }
 
 impl<D: Daemon> Owner<D> {
-    /// An owner of `d`, to be started; `adopted` when a dockerd from a previous manager already runs.
+    /// An owner of `d`. It starts `d` on its first tick, unless `d` already runs (a dockerd adopted from a
+    /// previous engine manager), which it then watches as running.
     pub fn new(d: D, log: fn(&str)) -> (Owner<D>, Handle) {
         let (tx, rx) = mpsc::channel(16);
         let initial = match d.pid() {
