@@ -26,6 +26,8 @@ const CLI_ONLY: &[&str] = &[
     "qemu.rs",
     "shares.rs",
     "disk.rs",
+    "network.rs",
+    "switch.rs",
 ];
 
 const GUEST_BINS: &[&str] = &["init", "ferry-engine"];

@@ -138,7 +138,7 @@ impl Machine {
     }
 
     /// QEMU for this machine: its data disk (or, without one, its userdata via fw_cfg), loopback forwards
-    /// to 2376 and 22, its shares, its console log. `FERRY_APPEND` adds to the kernel command line and
+    /// to 2376 and 22, its shares, its shared networks, its console log. `FERRY_APPEND` adds to the kernel command line and
     /// `FERRY_QEMU_ARGS` to QEMU's (debugging and test hooks).
     pub fn launch(&self, out: &std::path::Path, append: &str) -> Result<crate::qemu::Launch> {
         let p = self.ports()?;
@@ -155,14 +155,24 @@ impl Machine {
             })
             .collect();
         let hw = crate::settings::Settings::load(&self.path("settings.json"))?;
+        // Shared networks: a NIC each, and its fixed address on the kernel command line.
+        let nets = crate::network::Network::of(&self.name);
+        let append = format!("{append}{}", crate::network::kernel_args(&self.name, &nets));
         let append = match std::env::var("FERRY_APPEND") {
             Ok(more) if !more.trim().is_empty() => format!("{append} {}", more.trim()),
-            _ => append.to_string(),
+            _ => append,
         };
+        let lans = nets
+            .iter()
+            .filter_map(|n| {
+                Some(crate::qemu::Lan { local: n.member_socket(&self.name), remote: n.switch_socket(), mac: n.mac(&self.name)? })
+            })
+            .collect();
         Ok(crate::qemu::Launch {
             fw_cfg_shares: shares::write_fw_cfg(&shared, &self.path("shares.fwcfg"))?,
             shares: shared,
             extra: crate::qemu::extra_args(),
+            lans,
             restrict: std::env::var("FERRY_NET_RESTRICT").is_ok_and(|v| v == "1"),
             direct: Some(crate::qemu::DirectKernel { kernel: out.join("vmlinuz"), initrd: out.join("initrd.img"), append }),
             hardware: crate::qemu::Hardware::default(),
@@ -245,6 +255,7 @@ pub fn remove(m: &Machine) -> Result<()> {
     if m.pid().is_some() {
         return Err(Error::msg(format!("machine {} is running; ferry stop {} first", m.name, m.name)));
     }
+    crate::network::leave_all(&m.name)?;
     if m.dir.exists() {
         std::fs::remove_dir_all(&m.dir).ctx(|| format!("remove {}", m.dir.display()))?;
     }

@@ -4,8 +4,9 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use ferry_builder::build::{self, Inputs};
 use ferry_builder::error::{Error, Result};
 use ferry_builder::machine::{self, Machine, Shell};
+use ferry_builder::network::{self, Network};
 use ferry_builder::settings::{self, Settings};
-use ferry_builder::{context, disk, ping, portfwd, qemu, shares, status, util};
+use ferry_builder::{context, disk, ping, portfwd, qemu, shares, status, switch, util};
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -94,11 +95,34 @@ enum Cmd {
     },
     /// Print the accelerator QEMU gets (kvm or tcg) and, on stderr, why
     Accel,
+    /// Shared networks between machines (`ferry up NAME --network NET`)
+    Network {
+        #[command(subcommand)]
+        cmd: NetworkCmd,
+    },
     /// Shell completions: `ferry completion bash > /etc/bash_completion.d/ferry`
     Completion { shell: clap_complete::Shell },
     /// The published-ports agent `ferry up` starts for a machine
     #[command(name = "_ports", hide = true)]
     Ports { name: String },
+    /// The switch of a shared network, started by `ferry up`
+    #[command(name = "_switch", hide = true)]
+    Switch { name: String },
+}
+
+#[derive(Subcommand)]
+enum NetworkCmd {
+    /// List shared networks, their subnets and machines
+    Ls {
+        /// Output format
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        /// Only the names
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Delete a shared network (refused while a machine on it runs; stopped machines leave it)
+    Rm { name: String },
 }
 
 #[derive(Args)]
@@ -123,6 +147,13 @@ struct UpArgs {
     /// Share nothing, not even the home directory
     #[arg(long)]
     no_share: bool,
+    /// Join shared network NET (made when new): a second NIC with a fixed address, reaching every machine on
+    /// NET (repeatable; remembered by the machine)
+    #[arg(long, value_name = "NET")]
+    network: Vec<String>,
+    /// Leave every shared network
+    #[arg(long, conflicts_with = "network")]
+    no_network: bool,
 }
 
 #[derive(Subcommand)]
@@ -259,6 +290,30 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Logs { name, follow } => logs(&existing(&name)?, follow),
         Cmd::Ports { name } => {
             portfwd::run(Machine::named(&name)?)?;
+            Ok(0)
+        }
+        Cmd::Switch { name } => {
+            switch::run(&name)?;
+            Ok(0)
+        }
+        Cmd::Network { cmd: NetworkCmd::Ls { format, quiet } } => {
+            let nets = Network::all();
+            if quiet {
+                nets.iter().for_each(|n| println!("{}", n.name));
+                return Ok(0);
+            }
+            match format {
+                Format::Table => print!("{}", network::table(&nets)),
+                Format::Json => nets.iter().for_each(|n| println!("{}", network::json_line(n))),
+            }
+            Ok(0)
+        }
+        Cmd::Network { cmd: NetworkCmd::Rm { name } } => {
+            let left = network::remove(&name)?;
+            if !left.is_empty() {
+                eprintln!("ferry: {} left network {name} (stopped; they boot without it)", left.join(", "));
+            }
+            eprintln!("ferry: network {name} removed");
             Ok(0)
         }
         Cmd::Disk { cmd: DiskCmd::Create { path, size, format, ssh_key, tls } } => disk_create(&path, &size, &format, ssh_key, tls),
@@ -441,10 +496,15 @@ fn up(a: UpArgs) -> Result<i32> {
     let hw = current.with(a.cpus, memory, host_cpus)?;
     let disk_now = std::fs::metadata(m.disk()).ok().map(|d| d.len());
     let disk_change = !new && a.disk_size.is_some() && disk_bytes.is_some() && disk_bytes != disk_now;
+    for n in &a.network {
+        network::check_name(n)?;
+    }
+    let on: Vec<String> = Network::of(name).into_iter().map(|n| n.name).collect();
+    let net_change = (a.no_network && !on.is_empty()) || a.network.iter().any(|n| !on.contains(n));
     // Asking a running machine for what it already has is fine; a real change waits for the next boot.
-    if running && (share.none || !share.specs.is_empty() || hw != current || disk_change) {
+    if running && (share.none || !share.specs.is_empty() || hw != current || disk_change || net_change) {
         return Err(Error::msg(format!(
-            "machine {name} is running; --share/--no-share/--cpus/--memory/--disk-size change the next boot: ferry stop {name} first"
+            "machine {name} is running; --share/--no-share/--cpus/--memory/--disk-size/--network/--no-network change the next boot: ferry stop {name} first"
         )));
     }
     if !new && a.no_disk && disk_now.is_some() {
@@ -459,6 +519,13 @@ fn up(a: UpArgs) -> Result<i32> {
     }
     hw.save(&m.path("settings.json"))?;
     let shared = resolve_shares(&m, new, share)?;
+    if a.no_network {
+        network::leave_all(name)?;
+    } else {
+        network::join(name, &a.network)?;
+    }
+    let nets = Network::of(name);
+    network::ensure_switches(&nets)?;
     let ports = m.ports()?;
     let cfg = Arc::new(ping::client_config(&m.dir)?);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], ports.api));
@@ -468,7 +535,12 @@ fn up(a: UpArgs) -> Result<i32> {
         for s in &shared {
             util::say(&format!("    share {} -> {}{}", s.host.display(), s.guest, if s.read_only { " (read-only)" } else { "" }));
         }
+        for n in &nets {
+            util::say(&format!("    network {} ({}): {}", n.name, n.subnet(), n.addr(name).map(|a| a.to_string()).unwrap_or_default()));
+        }
         m.launch(&inp.out, &format!("console=tty0 console=ttyS0,115200 quiet panic=-1 ferry.hostname={name}"))?.start()?;
+        // A switch that found no member running while QEMU started has exited; it starts again here.
+        network::ensure_switches(&nets)?;
         let _ = std::fs::write(m.path("accel"), format!("{accel}\n"));
         wait_ready(&m, addr, cfg.clone(), Duration::from_secs(600))?;
         step.done("engine answers /_ping over mTLS");

@@ -24,8 +24,18 @@ pub struct Launch {
     /// The guest may not reach the host or beyond (slirp `restrict=on`; the forwards still work). The test
     /// suites set `FERRY_NET_RESTRICT=1` so no guest of theirs sends traffic off this machine.
     pub restrict: bool,
+    /// NICs on shared networks (network.rs), after the user network's: the guest's eth1, eth2, ...
+    pub lans: Vec<Lan>,
     /// Appended as they are: `FERRY_QEMU_ARGS` (a debugging and testing hook, e.g. `-rtc base=...`).
     pub extra: Vec<String>,
+}
+
+/// A NIC whose frames go, one per datagram, from `local` (QEMU binds it) to a network's switch at `remote`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lan {
+    pub local: PathBuf,
+    pub remote: PathBuf,
+    pub mac: String,
 }
 
 pub struct DirectKernel {
@@ -234,6 +244,20 @@ impl Launch {
             "-device".into(),
             format!("{},netdev={NETDEV}", hw.nic),
         ]);
+        // Added after the user network's NIC, so they take the next PCI slots and the guest names them
+        // eth1, eth2, ... in this order.
+        for (i, l) in self.lans.iter().enumerate() {
+            a.extend([
+                "-netdev".into(),
+                format!(
+                    "dgram,id=lan{i},local.type=unix,local.path={},remote.type=unix,remote.path={}",
+                    l.local.display(),
+                    l.remote.display()
+                ),
+                "-device".into(),
+                format!("{},netdev=lan{i},mac={}", hw.nic, l.mac),
+            ]);
+        }
         // q35 has an AHCI controller built in; i440fx gets one added (VirtualBox's default SATA controller).
         let ahci = if hw.chipset == "q35" { "ide" } else { "sata" };
         if hw.chipset != "q35" && self.disks.iter().any(|d| matches!(d.bus, Bus::Ahci | Bus::Cdrom)) {
@@ -265,6 +289,10 @@ impl Launch {
     /// Start in the background (QEMU daemonises itself and writes the pidfile).
     pub fn start(&self) -> Result<()> {
         let _ = std::fs::remove_file(&self.console_log);
+        // QEMU binds a LAN's socket itself and fails on one left by an earlier run of this machine.
+        for l in &self.lans {
+            let _ = std::fs::remove_file(&l.local);
+        }
         let mut args = self.args();
         args.extend(["-daemonize".into(), "-pidfile".into(), self.pidfile.display().to_string()]);
         let mut cmd = std::process::Command::new("qemu-system-x86_64");

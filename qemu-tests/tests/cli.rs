@@ -112,6 +112,10 @@ fn help_never_acts(home: &Path, cwd: &Path) -> Result<String, String> {
         "logs",
         "accel",
         "completion",
+        "network",
+        "network ls",
+        "network rm",
+        "network rm lab",
     ] {
         for h in ["--help", "-h"] {
             let mut args: Vec<&str> = cmd.split(' ').collect();
