@@ -23,6 +23,7 @@ pub mod net;
 pub mod network;
 pub mod powerbutton;
 pub mod provision;
+pub mod reaper;
 pub mod rescue;
 pub mod rootswitch;
 pub mod services;

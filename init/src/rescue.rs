@@ -16,14 +16,13 @@ pub fn shell_forever(why: &str) -> ! {
                 match cmd.spawn() {
                     Ok(child) => {
                         let pid = child.id() as libc::pid_t;
-                        // Reap everything until the shell itself exits.
+                        // Reap everything (nothing else runs: no supervisor) until the shell itself exits.
                         loop {
-                            let mut st = 0;
-                            // SAFETY: waitpid with a valid status pointer.
-                            let r = unsafe { libc::waitpid(-1, &mut st, 0) };
-                            if r == pid || r < 0 {
+                            let c = crate::reaper::collect();
+                            if c.no_children || c.exits.iter().any(|e| e.pid == pid) {
                                 break;
                             }
+                            std::thread::sleep(std::time::Duration::from_millis(100));
                         }
                     }
                     Err(e) => {

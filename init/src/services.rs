@@ -1,6 +1,6 @@
-//! Service supervision: services are data (below); PID 1 reaps centrally with waitpid(-1) and restarts
-//! exited services with exponential back-off.
-use crate::log;
+//! Service supervision: services are data (below); PID 1 reaps centrally (reaper.rs) and restarts exited
+//! services with exponential back-off.
+use crate::{log, reaper};
 use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
@@ -134,22 +134,56 @@ impl Supervisor {
             .min()
     }
 
+    /// Collect every exited child (reaper.rs) and hand each exit to its service. Returns the exits.
+    pub fn reap(&mut self) -> reaper::Collected {
+        let c = reaper::collect();
+        for e in &c.exits {
+            self.exited(e.pid, e.status);
+        }
+        c
+    }
+
+    /// Reap until `pid` has exited or `timeout` passes; exits of other services seen meanwhile go to them.
+    fn wait_for(&mut self, pid: i32, timeout: Duration, mut collect: impl FnMut() -> reaper::Collected) -> bool {
+        let end = Instant::now() + timeout;
+        loop {
+            let c = collect();
+            for e in &c.exits {
+                self.exited(e.pid, e.status);
+            }
+            if c.no_children || c.exits.iter().any(|e| e.pid == pid) {
+                return true;
+            }
+            if Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Stop one service: SIGTERM, wait up to `timeout` (reaping), then SIGKILL. Returns whether it ran.
     pub fn stop(&mut self, name: &str, timeout: Duration) -> bool {
+        self.stop_with(name, timeout, reaper::collect)
+    }
+
+    fn stop_with(&mut self, name: &str, timeout: Duration, mut collect: impl FnMut() -> reaper::Collected) -> bool {
         let Some(s) = self.services.iter_mut().find(|s| s.spec.name == name) else { return false };
         s.enabled = false;
         let Some(pid) = s.pid else { return false };
         // Interactive shells ignore SIGTERM; a terminal session ends with a hang-up.
         let sig = if matches!(s.spec.output, Output::Tty(_)) { libc::SIGHUP } else { libc::SIGTERM };
-        // SAFETY: signalling our own child.
+        // SAFETY: signalling our own child, whose exit nobody has collected yet (only the reaper collects,
+        // and its exits clear `pid`), so the pid cannot have been reused.
         unsafe { libc::kill(pid, sig) };
-        if !wait_pid(pid, timeout) {
+        if !self.wait_for(pid, timeout, &mut collect) {
             log::line(&format!("service {name} did not stop within {}s; killing it", timeout.as_secs()));
             // SAFETY: as above.
             unsafe { libc::kill(pid, libc::SIGKILL) };
-            wait_pid(pid, Duration::from_secs(5));
+            self.wait_for(pid, Duration::from_secs(5), &mut collect);
         }
-        s.pid = None;
+        if let Some(s) = self.services.iter_mut().find(|s| s.spec.name == name) {
+            s.pid = None;
+        }
         true
     }
 
@@ -159,23 +193,6 @@ impl Supervisor {
             self.stop(n, timeout);
         }
     }
-}
-
-/// Reap children until `pid` is gone or the timeout passes.
-pub fn wait_pid(pid: i32, timeout: Duration) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        let mut st = 0;
-        // SAFETY: waitpid with a valid status pointer.
-        let r = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) };
-        if r == pid || (r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD)) {
-            return true;
-        }
-        if r <= 0 {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    false
 }
 
 pub fn describe(status: i32) -> String {
@@ -242,13 +259,74 @@ fn spawn(spec: &ServiceSpec) -> std::io::Result<i32> {
         });
     }
     let child = cmd.spawn()?;
-    // PID 1 reaps with waitpid(-1); the Child handle is dropped without waiting.
+    // PID 1's reaper collects it (Supervisor::reap); the Child handle is dropped without waiting.
     Ok(child.id() as i32)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    /// Pids above the kernel's largest pid_max (2^22): kill(2) on them fails with ESRCH, so the tests signal nothing.
+    const ENGINE_PID: i32 = i32::MAX - 1;
+    const SSHD_PID: i32 = i32::MAX - 2;
+
+    fn running() -> Supervisor {
+        let mut sup = Supervisor::default();
+        sup.add(ENGINE);
+        sup.add(SSHD);
+        sup.services[0].pid = Some(ENGINE_PID);
+        sup.services[1].pid = Some(SSHD_PID);
+        for s in &mut sup.services {
+            s.next_start = None;
+        }
+        sup
+    }
+
+    fn exits(pids: &[i32]) -> reaper::Collected {
+        reaper::Collected { exits: pids.iter().map(|&pid| reaper::Exit { pid, status: 0 }).collect(), no_children: false }
+    }
+
+    #[test]
+    fn an_exit_seen_while_stopping_another_service_reaches_its_owner() {
+        let mut sup = running();
+        let mut calls = 0;
+        // sshd dies while the engine is being stopped; the engine exits on the third look.
+        let stopped = sup.stop_with("engine", Duration::from_secs(5), || {
+            calls += 1;
+            match calls {
+                1 => exits(&[SSHD_PID]),
+                2 => exits(&[]),
+                _ => exits(&[ENGINE_PID]),
+            }
+        });
+        assert!(stopped);
+        let (engine, sshd) = (&sup.services[0], &sup.services[1]);
+        assert_eq!((engine.pid, engine.enabled, engine.next_start), (None, false, None), "stopped, not restarted");
+        assert_eq!(sshd.pid, None, "sshd's exit was delivered, not lost");
+        assert!(sshd.enabled && sshd.next_start.is_some(), "sshd is due to restart");
+        // Nothing left to signal: a later stop of sshd sends nothing to its old pid.
+        assert!(!sup.stop_with("sshd", Duration::from_millis(10), || panic!("no pid to wait for")));
+    }
+
+    #[test]
+    fn a_service_that_ignores_sigterm_is_killed_after_the_timeout() {
+        let mut sup = running();
+        let start = Instant::now();
+        let mut looks = 0;
+        let stopped = sup.stop_with("engine", Duration::from_millis(200), || {
+            looks += 1;
+            // Gone only after SIGKILL (the second wait).
+            if start.elapsed() < Duration::from_millis(200) {
+                exits(&[])
+            } else {
+                exits(&[ENGINE_PID])
+            }
+        });
+        assert!(stopped && looks >= 2);
+        assert_eq!(sup.services[0].pid, None);
+        assert_eq!(sup.services[1].pid, Some(SSHD_PID), "the other service is untouched");
+    }
+
     #[test]
     fn backoff_grows_and_caps() {
         assert_eq!(backoff(1), Duration::from_secs(1));

@@ -56,16 +56,12 @@ fn kill_everything() {
         // SAFETY: kill(-1) signals every process but PID 1.
         unsafe { libc::kill(-1, sig) };
         let end = Instant::now() + Duration::from_secs(wait);
+        // The services are stopped by now: what exits here has no owner to tell.
         while Instant::now() < end {
-            let mut st = 0;
-            // SAFETY: waitpid with a valid status pointer.
-            let r = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) };
-            if r < 0 {
-                break; // no children left
+            if crate::reaper::collect().no_children {
+                break;
             }
-            if r == 0 {
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }
