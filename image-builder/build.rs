@@ -9,6 +9,10 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+// Shared with the library (which tests it): the check that the guest binaries are static.
+#[path = "src/elf.rs"]
+mod elf;
+
 /// The checkout's data the image is made of, relative to the workspace root.
 const DATA_DIRS: &[&str] = &["rootfs", "kernel-config", "image-builder/media"];
 
@@ -26,6 +30,7 @@ const CLI_ONLY: &[&str] = &[
     "qemu.rs",
     "shares.rs",
     "disk.rs",
+    "elf.rs",
     "network.rs",
     "switch.rs",
 ];
@@ -55,6 +60,18 @@ fn main() {
 
     let bins = guest_bins(&ws);
     for (name, path) in GUEST_BINS.iter().zip(&bins) {
+        // init runs from the initramfs, where there is no dynamic loader: a dynamic binary would not even
+        // start. A RUSTFLAGS in the environment replaces .cargo/config.toml's +crt-static without a word.
+        let elf = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        match elf::has_interpreter(&elf) {
+            Some(false) => {}
+            Some(true) => panic!(
+                "{} is dynamically linked (its ELF headers name a program interpreter); the guest binaries must be \
+                 static: unset RUSTFLAGS (it replaces the +crt-static of .cargo/config.toml) and build again",
+                path.display()
+            ),
+            None => panic!("{} is not a 64-bit ELF executable", path.display()),
+        }
         let ident = name.replace('-', "_").to_uppercase();
         let _ = writeln!(code, "pub static {ident}: &[u8] = include_bytes!({:?});", path.display().to_string());
     }

@@ -7,6 +7,7 @@ pub mod context;
 pub mod cpio;
 pub mod debian;
 pub mod disk;
+pub mod elf;
 pub mod error;
 pub mod kconfig;
 pub mod machine;

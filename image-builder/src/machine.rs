@@ -247,6 +247,21 @@ impl Machine {
     }
 }
 
+/// Start this `ferry` binary again with `args` as a background agent (the port agent, a network's switch):
+/// its own session, so a Ctrl-C after `ferry up` does not end it, and its output appended to `log`.
+pub fn spawn_agent(args: &[&str], log: &std::path::Path) -> Result<std::process::Child> {
+    let exe = std::env::current_exe().ctx(|| "find the ferry binary".into())?;
+    let f = std::fs::OpenOptions::new().create(true).append(true).open(log).ctx(|| format!("open {}", log.display()))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(args).stdin(std::process::Stdio::null()).stdout(f.try_clone().ctx(|| format!("open {}", log.display()))?).stderr(f);
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only setsid(2) between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| if libc::setsid() >= 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) });
+    }
+    cmd.spawn().ctx(|| format!("start ferry {}", args.join(" ")))
+}
+
 pub fn time_now() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc()
 }

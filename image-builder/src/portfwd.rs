@@ -245,17 +245,7 @@ pub fn ensure(m: &Machine) -> Result<()> {
             return Ok(());
         }
     }
-    let exe = std::env::current_exe().ctx(|| "find the ferry binary".into())?;
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(m.path("ports.log")).ctx(|| "open ports.log".into())?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.args(["_ports", &m.name]).stdin(std::process::Stdio::null()).stdout(log.try_clone().ctx(|| "ports.log".into())?).stderr(log);
-    use std::os::unix::process::CommandExt;
-    // SAFETY: only setsid(2) between fork and exec: the agent leaves the terminal's session, so a Ctrl-C
-    // after `ferry up` does not end it.
-    unsafe {
-        cmd.pre_exec(|| if libc::setsid() >= 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) });
-    }
-    let child = cmd.spawn().ctx(|| "start the port agent".into())?;
+    let child = crate::machine::spawn_agent(&["_ports", &m.name], &m.path("ports.log"))?;
     std::fs::write(&pidfile, format!("{} {qemu_pid}\n", child.id())).ctx(|| format!("write {}", pidfile.display()))
 }
 

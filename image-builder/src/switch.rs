@@ -163,18 +163,8 @@ pub fn ensure(n: &Network, wait: Duration) -> Result<()> {
         }
     }
     let _ = std::fs::remove_file(&sock);
-    let exe = std::env::current_exe().ctx(|| "find the ferry binary".into())?;
     let logf = dir.join("switch.log");
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&logf).ctx(|| format!("open {}", logf.display()))?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.args(["_switch", &n.name]).stdin(std::process::Stdio::null()).stdout(log.try_clone().ctx(|| "switch.log".into())?).stderr(log);
-    use std::os::unix::process::CommandExt;
-    // SAFETY: only setsid(2) between fork and exec: the switch leaves the terminal's session, so a Ctrl-C
-    // after `ferry up` does not end it.
-    unsafe {
-        cmd.pre_exec(|| if libc::setsid() >= 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) });
-    }
-    let mut child = cmd.spawn().ctx(|| format!("start the switch of network {}", n.name))?;
+    let mut child = crate::machine::spawn_agent(&["_switch", &n.name], &logf)?;
     std::fs::write(pidfile(n), format!("{}\n", child.id())).ctx(|| format!("write {}", pidfile(n).display()))?;
     let end = Instant::now() + wait;
     while Instant::now() < end {

@@ -1,4 +1,5 @@
-//! Stage B: PID 1 in the real root. Phases 1, 3, 4, 5, 6 (provisioning), 7 and the main loop (8).
+//! Stage B: PID 1 in the real root. Its phases are a table (PHASES) that says what each failure means;
+//! then the main loop: signals, reaping, service restarts.
 use crate::applets::{SIG_HALT, SIG_POWEROFF, SIG_REBOOT};
 use crate::cmdline::Cmdline;
 use crate::error::Error;
@@ -12,31 +13,95 @@ use std::time::Duration;
 pub const DEFAULT_HOSTNAME: &str = "ferry";
 pub const PERSISTED_HOSTNAME: &str = "/var/lib/boot2docker/etc/hostname";
 
+/// What a phase's failure means for the boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Nothing after it can work: a rescue shell on the console.
+    Rescue,
+    /// Logged (the phase line says FAILED and why); the boot goes on with less.
+    Continue,
+}
+
+/// What the phases hand on to each other.
+#[derive(Default)]
+pub struct Boot {
+    cmdline: Cmdline,
+    /// The module index (coldplug, hotplug and the shares use it); None when it could not be read.
+    db: Option<kmod::ModDb>,
+    /// The data disk is mounted; else everything lives in RAM and `fallback` holds a failed format-me
+    /// disk's userdata, so its SSH keys still work.
+    persistent: bool,
+    fallback: Vec<crate::userdata::Entry>,
+    sup: Supervisor,
+}
+
+pub struct Phase {
+    pub name: &'static str,
+    pub on_error: OnError,
+    run: fn(&mut Boot) -> Result<(), Error>,
+}
+
+/// Stage B in order, one console line each with its duration.
+pub const PHASES: &[Phase] = &[
+    Phase { name: "mounts", on_error: OnError::Rescue, run: early_mounts },
+    Phase { name: "cmdline", on_error: OnError::Rescue, run: read_cmdline },
+    Phase { name: "modules", on_error: OnError::Continue, run: modules },
+    Phase { name: "clock", on_error: OnError::Continue, run: |_| clock::apply_floor().map(|note| log::line(&note)) },
+    // The disk comes before the network so the persisted hostname is the one DHCP announces.
+    Phase { name: "disk", on_error: OnError::Continue, run: data_disk },
+    Phase { name: "network", on_error: OnError::Continue, run: network },
+    // Before the engine makes or checks certificates: SNTP (a few seconds at most), then the RTC witness.
+    Phase { name: "time", on_error: OnError::Continue, run: time },
+    Phase { name: "userdata", on_error: OnError::Continue, run: |b| provision::run(b.persistent, &b.fallback).map(|s| log::line(&s)) },
+    // Before the engine, so containers started at boot see the host's folders.
+    Phase { name: "shares", on_error: OnError::Continue, run: host_shares },
+    // boot2docker's order: the trust store, then bootsync.sh, then the engine.
+    Phase { name: "hooks", on_error: OnError::Continue, run: boot_hooks },
+    Phase { name: "services", on_error: OnError::Continue, run: start_services },
+];
+
 pub fn run() -> ! {
     // Threads inherit this mask; the main loop takes signals synchronously with sigtimedwait.
     sys::block_all_signals();
-    if let Err(e) = log::phase("mounts", || {
-        mounts::mount_all(mounts::STAGE_B)?;
-        let _ = std::fs::remove_file("/dev/ptmx");
-        std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx").map_err(|e| Error::io("link /dev/ptmx", e))?;
-        for (l, t) in [
-            ("/dev/fd", "/proc/self/fd"),
-            ("/dev/stdin", "/proc/self/fd/0"),
-            ("/dev/stdout", "/proc/self/fd/1"),
-            ("/dev/stderr", "/proc/self/fd/2"),
-        ] {
-            let _ = std::os::unix::fs::symlink(t, l);
+    let mut boot = Boot::default();
+    for p in PHASES {
+        if let Err(e) = log::phase(p.name, || (p.run)(&mut boot)) {
+            if p.on_error == OnError::Rescue {
+                rescue::shell_forever(&format!("{}: {e}", p.name));
+            }
         }
-        sys::mkdir_p("/var/log", 0o755)
-    }) {
-        rescue::shell_forever(&format!("early mounts: {e}"));
     }
-    let cmdline = Cmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
-    for w in &cmdline.warnings {
+    std::thread::spawn(powerbutton::watch_thread);
+    std::thread::spawn(hooks::bootlocal_thread);
+    let up = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
+    log::line(&format!("[boot] userspace up; {}s since kernel start", up.split_whitespace().next().unwrap_or("?")));
+    main_loop(&mut boot.sup)
+}
+
+fn early_mounts(_: &mut Boot) -> Result<(), Error> {
+    mounts::mount_all(mounts::STAGE_B)?;
+    let _ = std::fs::remove_file("/dev/ptmx");
+    std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx").map_err(|e| Error::io("link /dev/ptmx", e))?;
+    for (l, t) in [
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+    ] {
+        let _ = std::os::unix::fs::symlink(t, l);
+    }
+    sys::mkdir_p("/var/log", 0o755)
+}
+
+/// The kernel command line (its mistakes are warnings), and PID 1's own settings. `ferry.rescue` asks
+/// for the rescue shell: this phase's error.
+fn read_cmdline(b: &mut Boot) -> Result<(), Error> {
+    b.cmdline = Cmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    for w in &b.cmdline.warnings {
         log::warn(w);
     }
-    if cmdline.rescue {
-        rescue::shell_forever("ferry.rescue on the kernel command line");
+    if b.cmdline.rescue {
+        return Err(Error::msg("ferry.rescue on the kernel command line"));
     }
     if let Err(e) = sys::raise_open_files(sys::OPEN_FILES) {
         log::warn(&format!("open-file limit stays at the kernel's default: {e}"));
@@ -44,83 +109,76 @@ pub fn run() -> ! {
     // Ctrl-Alt-Del becomes SIGINT to us instead of an immediate reboot.
     // SAFETY: reboot(2) with the CAD-off command only changes a flag.
     unsafe { libc::reboot(libc::RB_DISABLE_CAD) };
+    Ok(())
+}
 
-    let db = log::phase("modules", || {
-        let db = kmod::ModDb::running()?;
-        let hot = db.clone();
-        std::thread::spawn(move || coldplug::hotplug_thread(hot));
-        let n = coldplug::coldplug(&db);
-        log::line(&format!("modules: {n} loaded by coldplug"));
-        Ok(db)
-    });
-    let _ = log::phase("clock", || clock::apply_floor().map(|note| log::line(&note)));
-    // The disk comes before the network so the persisted hostname is the one DHCP announces.
-    let outcome = log::phase("disk", || {
-        let o = disk::setup(cmdline.disk.as_deref(), cmdline.pause.as_deref());
-        if matches!(o, disk::Outcome::Ram { .. }) {
+fn modules(b: &mut Boot) -> Result<(), Error> {
+    let db = kmod::ModDb::running()?;
+    let hot = db.clone();
+    std::thread::spawn(move || coldplug::hotplug_thread(hot));
+    let n = coldplug::coldplug(&db);
+    log::line(&format!("modules: {n} loaded by coldplug"));
+    b.db = Some(db);
+    Ok(())
+}
+
+fn data_disk(b: &mut Boot) -> Result<(), Error> {
+    match disk::setup(b.cmdline.disk.as_deref(), b.cmdline.pause.as_deref()) {
+        disk::Outcome::Persistent { .. } => b.persistent = true,
+        disk::Outcome::Ram { userdata } => {
+            b.fallback = userdata;
             mounts::mount_all(mounts::RAM_DATA)?;
         }
-        Ok(o)
-    });
-    let (persistent, fallback) = match outcome {
-        Ok(disk::Outcome::Persistent { .. }) => (true, vec![]),
-        Ok(disk::Outcome::Ram { userdata }) => (false, userdata),
-        Err(_) => (false, vec![]),
-    };
-    let (hostname, hostname_chosen) = pick_hostname(&cmdline);
-    let _ = log::phase("network", || network::setup(&hostname, hostname_chosen, &cmdline.ip));
-    // Before the engine makes or checks certificates: SNTP (a few seconds at most), then the RTC witness.
-    let _ = log::phase("time", || {
-        let dhcp = timesync::DHCP_NTP.lock().map(|v| v.clone()).unwrap_or_default();
-        let mut sync = timesync::Sync::new(timesync::pick(&dhcp, timesync::profile_ntp_server().as_deref(), cmdline.ntpserver.as_deref()));
-        sync.at_boot(Duration::from_secs(3));
-        std::thread::spawn(move || sync.run());
-        Ok(())
-    });
-    let _ = log::phase("userdata", || provision::run(persistent, &fallback).map(|s| log::line(&s)));
-    // Before the engine, so containers started at boot see the host's folders.
-    if let Ok(db) = &db {
-        let _ = log::phase("shares", || {
-            log::line(&format!("shares: {}", shares::mount_all(db)));
-            Ok(())
-        });
     }
-    // boot2docker's order: the trust store, then bootsync.sh, then the engine.
-    let _ = log::phase("hooks", || {
-        match trust::add_registry_cas(trust::CERTS_DIR, trust::BUNDLE) {
-            Ok(s) => log::line(&format!("registry CAs: {s}")),
-            Err(e) => log::warn(&format!("registry CAs: {e}")),
-        }
-        log::line(&format!(
-            "hooks: {}",
-            hooks::run_bootsync(hooks::DIR, hooks::LOG_DIR, cmdline.bootsync_limit.unwrap_or(hooks::BOOTSYNC_LIMIT))?
-        ));
-        Ok(())
-    });
+    Ok(())
+}
 
-    let mut sup = Supervisor::default();
-    let _ = log::phase("services", || {
-        sup.add(services::ENGINE);
-        sup.add(services::SSHD);
-        let (tools, why) = guest_tools::for_this_machine();
-        log::line(&format!("guest tools: {why}"));
-        for t in tools {
-            sup.add(t.spec.clone());
+fn network(b: &mut Boot) -> Result<(), Error> {
+    let (hostname, chosen) = pick_hostname(&b.cmdline);
+    network::setup(&hostname, chosen, &b.cmdline.ip)
+}
+
+fn time(b: &mut Boot) -> Result<(), Error> {
+    let dhcp = timesync::DHCP_NTP.lock().map(|v| v.clone()).unwrap_or_default();
+    let mut sync = timesync::Sync::new(timesync::pick(&dhcp, timesync::profile_ntp_server().as_deref(), b.cmdline.ntpserver.as_deref()));
+    sync.at_boot(Duration::from_secs(3));
+    std::thread::spawn(move || sync.run());
+    Ok(())
+}
+
+fn host_shares(b: &mut Boot) -> Result<(), Error> {
+    let Some(db) = &b.db else { return Err(Error::msg("no module index (see the modules phase); shares not mounted")) };
+    log::line(&format!("shares: {}", shares::mount_all(db)));
+    Ok(())
+}
+
+fn boot_hooks(b: &mut Boot) -> Result<(), Error> {
+    match trust::add_registry_cas(trust::CERTS_DIR, trust::BUNDLE) {
+        Ok(s) => log::line(&format!("registry CAs: {s}")),
+        Err(e) => log::warn(&format!("registry CAs: {e}")),
+    }
+    let limit = b.cmdline.bootsync_limit.unwrap_or(hooks::BOOTSYNC_LIMIT);
+    log::line(&format!("hooks: {}", hooks::run_bootsync(hooks::DIR, hooks::LOG_DIR, limit)?));
+    Ok(())
+}
+
+fn start_services(b: &mut Boot) -> Result<(), Error> {
+    let sup = &mut b.sup;
+    sup.add(services::ENGINE);
+    sup.add(services::SSHD);
+    let (tools, why) = guest_tools::for_this_machine();
+    log::line(&format!("guest tools: {why}"));
+    for t in tools {
+        sup.add(t.spec.clone());
+    }
+    if b.cmdline.autologin {
+        let gid = group_id("docker").unwrap_or(50);
+        for tty in consoles() {
+            sup.add(services::console_login(tty, gid));
         }
-        if cmdline.autologin {
-            let gid = group_id("docker").unwrap_or(50);
-            for tty in consoles() {
-                sup.add(services::console_login(tty, gid));
-            }
-        }
-        sup.tick();
-        Ok(())
-    });
-    std::thread::spawn(powerbutton::watch_thread);
-    std::thread::spawn(hooks::bootlocal_thread);
-    let up = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
-    log::line(&format!("[boot] userspace up; {}s since kernel start", up.split_whitespace().next().unwrap_or("?")));
-    main_loop(&mut sup)
+    }
+    sup.tick();
+    Ok(())
 }
 
 fn main_loop(sup: &mut Supervisor) -> ! {
@@ -135,7 +193,7 @@ fn main_loop(sup: &mut Supervisor) -> ! {
         let ts = libc::timespec { tv_sec: wait.as_secs() as i64, tv_nsec: wait.subsec_nanos().max(1_000_000) as i64 };
         // SAFETY: valid set and timespec; info may be null.
         let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
-        reap(sup);
+        sup.reap();
         let action = match sig {
             s if s == libc::SIGTERM || s == libc::SIGPWR || s == SIG_POWEROFF => Some(Action::PowerOff),
             s if s == SIG_REBOOT => Some(Action::Reboot),
@@ -146,18 +204,6 @@ fn main_loop(sup: &mut Supervisor) -> ! {
             shutdown::run(sup, a);
         }
         sup.tick();
-    }
-}
-
-fn reap(sup: &mut Supervisor) {
-    loop {
-        let mut st = 0;
-        // SAFETY: waitpid with a valid status pointer.
-        let pid = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) };
-        if pid <= 0 {
-            return;
-        }
-        sup.exited(pid, st);
     }
 }
 
@@ -200,4 +246,38 @@ fn consoles() -> Vec<&'static str> {
         out.push("tty1");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn position(name: &str) -> usize {
+        PHASES.iter().position(|p| p.name == name).unwrap_or_else(|| panic!("no phase {name}"))
+    }
+
+    #[test]
+    fn only_the_ground_floor_is_fatal() {
+        let fatal: Vec<&str> = PHASES.iter().filter(|p| p.on_error == OnError::Rescue).map(|p| p.name).collect();
+        assert_eq!(fatal, ["mounts", "cmdline"]);
+        assert_eq!(&PHASES[..2].iter().map(|p| p.name).collect::<Vec<_>>(), &fatal, "the fatal phases come first");
+    }
+
+    #[test]
+    fn the_order_the_boot_relies_on() {
+        // The persisted hostname (disk) before DHCP announces one; SNTP before the engine's certificates;
+        // shares and boot2docker's hooks before the engine starts.
+        for (before, after) in [
+            ("modules", "disk"),
+            ("disk", "network"),
+            ("network", "time"),
+            ("time", "services"),
+            ("userdata", "services"),
+            ("shares", "services"),
+            ("hooks", "services"),
+        ] {
+            assert!(position(before) < position(after), "{before} must come before {after}");
+        }
+        assert_eq!(PHASES.last().map(|p| p.name), Some("services"));
+    }
 }
