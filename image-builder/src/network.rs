@@ -122,12 +122,12 @@ impl Network {
         std::fs::rename(&tmp, dir.join("network.json")).ctx(|| format!("save {}", dir.join("network.json").display()))
     }
 
-    /// Every network, by name.
+    /// Every network, by name. One that cannot be read is named on stderr (with what to do) and left out.
     pub fn all() -> Vec<Network> {
-        let mut v: Vec<Network> = std::fs::read_dir(home())
-            .map(|rd| rd.flatten().filter_map(|e| Network::load(&e.file_name().to_string_lossy()).ok().flatten()).collect())
-            .unwrap_or_default();
-        v.sort_by(|a, b| a.name.cmp(&b.name));
+        let (v, unreadable) = load_all(&home());
+        for why in unreadable {
+            eprintln!("ferry: {why}");
+        }
         v
     }
 
@@ -140,6 +140,30 @@ impl Network {
     pub fn running(&self) -> Vec<String> {
         self.members.keys().filter(|m| Machine::named(m).is_ok_and(|m| m.pid().is_some())).cloned().collect()
     }
+}
+
+/// The networks under `dir` (one directory each, with its network.json), by name, and a line for each that
+/// cannot be read. A directory without network.json (a creation cut short) is no network.
+fn load_all(dir: &Path) -> (Vec<Network>, Vec<String>) {
+    let (mut nets, mut bad) = (vec![], vec![]);
+    let Ok(rd) = std::fs::read_dir(dir) else { return (nets, bad) };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !e.path().is_dir() || !ferry_init::cmdline::valid_hostname(&name) {
+            continue;
+        }
+        let f = e.path().join("network.json");
+        match std::fs::read_to_string(&f) {
+            Ok(t) => match Network::from_json(&name, &t, &f) {
+                Ok(n) => nets.push(n),
+                Err(e) => bad.push(e.to_string()),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => bad.push(format!("read {}: {e}", f.display())),
+        }
+    }
+    nets.sort_by(|a, b| a.name.cmp(&b.name));
+    (nets, bad)
 }
 
 /// The lock on every network's state: membership, subnets, starting and stopping switches.
@@ -193,10 +217,18 @@ pub fn leave_all(machine: &str) -> Result<()> {
 pub fn remove(name: &str) -> Result<Vec<String>> {
     check_name(name)?;
     let _l = lock()?;
-    let Some(n) = Network::load(name)? else {
-        let known: Vec<String> = Network::all().into_iter().map(|n| n.name).collect();
-        let hint = if known.is_empty() { "there are none".to_string() } else { format!("there are: {}", known.join(", ")) };
-        return Err(Error::msg(format!("no network named {name} ({hint})")));
+    let n = match Network::load(name) {
+        Ok(Some(n)) => n,
+        // Unreadable: no machine can be attached to it anyway; removing it is how it is repaired.
+        Err(_) if Network::dir_of(name).is_dir() => {
+            std::fs::remove_dir_all(Network::dir_of(name)).ctx(|| format!("remove {}", Network::dir_of(name).display()))?;
+            return Ok(vec![]);
+        }
+        _ => {
+            let known: Vec<String> = Network::all().into_iter().map(|n| n.name).collect();
+            let hint = if known.is_empty() { "there are none".to_string() } else { format!("there are: {}", known.join(", ")) };
+            return Err(Error::msg(format!("no network named {name} ({hint})")));
+        }
     };
     let running = n.running();
     if !running.is_empty() {
@@ -298,6 +330,25 @@ mod tests {
             let e = Network::from_json("lab", bad, p).unwrap_err().to_string();
             assert!(e.contains("network.json") && e.contains("ferry network rm lab"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn unreadable_networks_are_named_and_left_out() {
+        let dir = std::env::temp_dir().join(format!("ferry-networks-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for (name, json) in [("good", Some(net(100, &[("a", 2)]).to_json())), ("broken", Some("{".to_string())), ("empty", None)] {
+            std::fs::create_dir_all(dir.join(name)).unwrap();
+            if let Some(j) = json {
+                std::fs::write(dir.join(name).join("network.json"), j).unwrap();
+            }
+        }
+        std::fs::write(dir.join("lock"), "").unwrap();
+        let (nets, bad) = load_all(&dir);
+        assert_eq!(nets.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["good"]);
+        assert_eq!(nets[0].addr("a"), Some(Ipv4Addr::new(192, 168, 100, 2)));
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert!(bad[0].contains("broken/network.json") && bad[0].contains("ferry network rm broken"), "{bad:?}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
