@@ -82,6 +82,10 @@ fn main() {
     let mut files = Vec::new();
     collect(&manifest, &src, &mut files);
     files.retain(|(rel, _)| !CLI_ONLY.iter().any(|c| rel == &format!("src/{c}")));
+    // The shared contract (GPT, paths) shapes the images too.
+    let contract = ws.join("contract/src");
+    println!("cargo:rerun-if-changed={}", contract.display());
+    collect(&ws, &contract, &mut files);
     files.sort();
     let mut all = Vec::new();
     for (rel, abs) in &files {
@@ -108,7 +112,7 @@ fn guest_bins(ws: &Path) -> Vec<PathBuf> {
         }
         return bins;
     }
-    for d in ["init", "engine"] {
+    for d in ["contract", "init", "engine"] {
         println!("cargo:rerun-if-changed={}", ws.join(d).display());
     }
     let target_dir = ws.join("target/guest");
@@ -118,8 +122,15 @@ fn guest_bins(ws: &Path) -> Vec<PathBuf> {
         .args(["build", "--release", "--locked", "-p", "ferry-init", "-p", "ferry-engine", "--target", GUEST_TARGET])
         .arg("--target-dir")
         .arg(&target_dir)
-        // Static whatever config the outer build ran under: init runs from an initramfs with no libc.
-        .args(["--config", &format!("target.{GUEST_TARGET}.rustflags=[\"-C\",\"target-feature=+crt-static\"]")]);
+        // Static whatever config the outer build ran under: init runs from an initramfs with no libc. The
+        // cargo home is remapped as ./ferry does, so the image does not depend on where it is.
+        .args([
+            "--config",
+            &format!(
+                "target.{GUEST_TARGET}.rustflags=[\"-C\",\"target-feature=+crt-static\",\"--remap-path-prefix={}=/cargo\"]",
+                cargo_home().display()
+            ),
+        ]);
     // Nothing of the outer build's setup (clippy's wrapper, its flags, its profile) leaks into this one.
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy().to_string();
@@ -147,6 +158,13 @@ fn collect(base: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) {
             out.push((rel, p));
         }
     }
+}
+
+/// The cargo home the dependencies' sources are in (cargo's own default when CARGO_HOME is not set).
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo"))
 }
 
 /// FNV-1a: enough to notice a change; the fingerprint itself is SHA-256 over it and the rest.

@@ -147,21 +147,9 @@ pub fn generate(hostname: &str, ips: &[IpAddr], now: OffsetDateTime) -> Result<B
     Ok(Bundle { ca_key: ca.key_pem(), ca_cert: ca.cert_pem, server_cert, server_key, client_cert, client_key })
 }
 
-/// Write a file with the given mode, creating it fresh (keys: 0600).
+/// Replace a file with the given mode (keys: 0600), never leaving half of it (`ferry_contract::file`).
 pub fn write_file(path: &std::path::Path, text: &str, mode: u32) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .ctx(|| format!("create {}", tmp.display()))?;
-    f.write_all(text.as_bytes()).ctx(|| format!("write {}", tmp.display()))?;
-    f.sync_all().ctx(|| format!("fsync {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).ctx(|| format!("rename to {}", path.display()))
+    ferry_contract::file::write_atomic(path, text.as_bytes(), mode).ctx(|| format!("write {}", path.display()))
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use crate::error::{Context, Error, Result};
 use std::path::Path;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-pub const SOCKET: &str = "/run/ferry/engine.sock";
+pub const SOCKET: &str = ferry_contract::paths::ENGINE_SOCK;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Command {

@@ -5,7 +5,7 @@
 use crate::error::{Context, Result};
 use std::path::Path;
 
-pub const DEFAULT: &str = "/etc/docker/daemon.json";
+pub const DEFAULT: &str = ferry_contract::paths::DAEMON_JSON;
 /// The cleaned copy dockerd reads (RAM; rewritten before every start).
 pub const CLEANED: &str = "/run/ferry/daemon.json";
 /// Keys that make dockerd listen.

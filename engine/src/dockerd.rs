@@ -1,12 +1,13 @@
 //! dockerd under the engine manager: start, stop (graceful, containers get SIGTERM), status, restart with
 //! back-off when it dies unasked, readiness by `GET /_ping` on its unix socket.
 use crate::error::{Context, Result};
+use rustix::process::{Pid, Signal};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
-pub const SOCKET: &str = "/var/run/docker.sock";
+pub const SOCKET: &str = ferry_contract::paths::DOCKER_SOCK;
 /// dockerd's own flags: unix socket only (the front door owns TCP).
 pub const ARGS: &[&str] = &["-H", "unix:///var/run/docker.sock"];
 /// Defaults a user may override, from the profile's flags (long or short) or daemon.json (by its key):
@@ -113,8 +114,7 @@ impl Dockerd {
             stop_pid(pid).await
         } else if let Some(mut child) = self.child.take() {
             if let Some(pid) = child.id() {
-                // SAFETY: signalling our own child process.
-                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+                signal(pid as i32, Signal::TERM);
             }
             if tokio::time::timeout(STOP_TIMEOUT, child.wait()).await.is_err() {
                 let _ = child.kill().await;
@@ -156,6 +156,13 @@ impl Dockerd {
 }
 
 /// Is `pid` a live process (not a zombie)?
+/// kill(2) of one process; one that is already gone needs nothing more.
+fn signal(pid: i32, sig: Signal) {
+    if let Some(p) = Pid::from_raw(pid).filter(|_| pid > 0) {
+        let _ = rustix::process::kill_process(p, sig);
+    }
+}
+
 fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state letter follows the command name's closing parenthesis.
@@ -176,13 +183,12 @@ async fn stop_pid(pid: i32) -> bool {
     if !alive(pid) {
         return false;
     }
-    // SAFETY: plain kill(2) on a pid that running_as identified (dockerd or its containerd).
-    unsafe { libc::kill(pid, libc::SIGTERM) };
+    // A pid that running_as identified (dockerd or its containerd).
+    signal(pid, Signal::TERM);
     let t = Instant::now();
     while alive(pid) {
         if t.elapsed() > STOP_TIMEOUT {
-            // SAFETY: as above.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            signal(pid, Signal::KILL);
             let k = Instant::now();
             while alive(pid) && k.elapsed() < Duration::from_secs(5) {
                 tokio::time::sleep(Duration::from_millis(100)).await;

@@ -33,22 +33,8 @@ pub fn listen(port: u16) -> std::io::Result<TcpListener> {
 pub fn listen_on(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     let s = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
     if addr.is_ipv6() {
-        use std::os::fd::AsRawFd;
-        let off: libc::c_int = 0;
-        // SAFETY: setsockopt(2) on a socket we own, with a c_int option value of the right size. Dual
-        // stack explicitly, whatever net.ipv6.bindv6only says.
-        if unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::IPPROTO_IPV6,
-                libc::IPV6_V6ONLY,
-                &off as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        } != 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
+        // Dual stack explicitly, whatever net.ipv6.bindv6only says.
+        rustix::net::sockopt::set_ipv6_v6only(&s, false)?;
     }
     s.set_reuseaddr(true)?;
     s.bind(addr)?;

@@ -1,5 +1,6 @@
 //! `ferry-engine serve` (run by init) and `ferry-engine ctl start|stop|restart|status` (run by
 //! /etc/init.d/docker).
+use ferry_contract::paths;
 use ferry_engine::control::{self, Command, Reply};
 use ferry_engine::dockerd::{self, Dockerd};
 use ferry_engine::owner::{self, Daemon};
@@ -10,9 +11,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-const TLS_DIR: &str = "/var/lib/boot2docker/tls";
-const CLIENT_DIR: &str = "/home/docker/.docker";
-const BUILD_EPOCH: &str = "/etc/ferry/build-epoch";
+const TLS_DIR: &str = paths::TLS_DIR;
+const CLIENT_DIR: &str = paths::CLIENT_TLS_DIR;
+const BUILD_EPOCH: &str = paths::BUILD_EPOCH;
 const PORT: u16 = 2376;
 const PLAIN_PORT: u16 = 2375;
 
@@ -281,11 +282,11 @@ async fn control_server(owner: owner::Handle) {
 
 fn log_path() -> PathBuf {
     // Persistent when the data disk provides /var/lib/boot2docker/log, RAM otherwise.
-    let persistent = Path::new("/var/lib/boot2docker/log");
+    let persistent = Path::new(paths::PERSISTENT_LOG_DIR);
     if persistent.is_dir() {
         persistent.join("docker.log")
     } else {
-        PathBuf::from("/var/log/docker.log")
+        PathBuf::from(paths::DOCKER_LOG)
     }
 }
 

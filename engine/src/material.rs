@@ -162,12 +162,9 @@ fn copy_client_bundle(dir: &Path, generated: &Path, replace: bool) -> Result<()>
     Ok(())
 }
 
+/// docker:staff, never through a symlink; failure only means the file keeps root ownership.
 fn chown_docker(p: &Path) {
-    use std::os::unix::ffi::OsStrExt;
-    if let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) {
-        // SAFETY: valid C string; failure only means the file keeps root ownership.
-        unsafe { libc::lchown(c.as_ptr(), 1000, 50) };
-    }
+    let _ = std::os::unix::fs::lchown(p, Some(1000), Some(50));
 }
 
 #[cfg(test)]

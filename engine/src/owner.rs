@@ -5,6 +5,7 @@
 //! owner polls (spawned → answering `/_ping`, or exited, or too slow), not a loop inside a command.
 use crate::control::{Command, Reply};
 use crate::error::Result;
+use ferry_contract::restart::delay as backoff;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -56,13 +57,8 @@ impl State {
 pub const START_LIMIT: Duration = Duration::from_secs(90);
 const TICK: Duration = Duration::from_millis(250);
 const HOUSEKEEPING_EVERY: u32 = 40;
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A dockerd that ran this long before it died counts as healthy: the back-off starts over.
 const HEALTHY_AFTER: Duration = Duration::from_secs(60);
-
-pub fn backoff(failures: u32) -> Duration {
-    Duration::from_secs(1u64 << failures.min(5)).min(BACKOFF_MAX)
-}
 
 type Request = (Command, oneshot::Sender<Reply>);
 
@@ -449,7 +445,7 @@ mod tests {
                 unsafe { libc::kill(pid as i32, libc::SIGKILL) };
                 tokio::time::sleep(Duration::from_millis(600)).await;
                 assert!(matches!(h.state(), State::Waiting(ref w) if w.starts_with("dockerd exited")), "{:?}", h.state());
-                // backoff(1) = 2 s, then a new process that answers.
+                // backoff(1) = 1 s, then a new process that answers.
                 tokio::time::sleep(Duration::from_millis(2600)).await;
                 assert!(matches!(h.state(), State::Running(p) if p != pid), "{:?}", h.state());
                 assert_eq!(h.send(Command::Shutdown).await.code, 0);
@@ -469,10 +465,5 @@ mod tests {
                 assert_eq!(h.state(), State::Stopped);
             },
         );
-    }
-
-    #[test]
-    fn back_off_doubles_to_thirty_seconds() {
-        assert_eq!([1, 2, 3, 5, 6, 9].map(|f| backoff(f).as_secs()), [2, 4, 8, 30, 30, 30]);
     }
 }

@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub const PATH: &str = "/var/lib/boot2docker/profile";
+pub const PATH: &str = ferry_contract::paths::PROFILE;
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// The environment dump is small; a profile that exports more than this is refused.
 const MAX_ENV: usize = 1 << 20;
@@ -172,8 +172,10 @@ pub async fn load(path: &Path, timeout: Duration) -> Result<Option<Profile>> {
     match tokio::time::timeout(timeout, run).await {
         Err(_) => {
             if let Some(pid) = pid {
-                // SAFETY: killing the process group we created for the profile.
-                unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+                // The process group we created for the profile.
+                if let Some(group) = rustix::process::Pid::from_raw(pid as i32) {
+                    let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+                }
             }
             Err(Error::msg(format!("{} did not finish within {}s (an endless loop?); it was killed", path.display(), timeout.as_secs())))
         }

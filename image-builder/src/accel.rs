@@ -169,9 +169,7 @@ fn early_segment(initrd: &Path, to: &Path) -> Option<PathBuf> {
     let mut d = flate2::bufread::GzDecoder::new(&head[..]);
     std::io::copy(&mut d, &mut std::io::sink()).ok()?;
     let used = head.len() - d.into_inner().len();
-    let tmp = to.with_extension(format!("{}.part", std::process::id()));
-    std::fs::write(&tmp, &head[..used]).ok()?;
-    std::fs::rename(&tmp, to).ok()?;
+    ferry_contract::file::write_atomic(to, &head[..used], 0o644).ok()?;
     Some(to.to_path_buf())
 }
 
@@ -224,11 +222,9 @@ fn write_cache(path: &Path, key: &str, c: &Choice, until: Option<u64>) {
     if let Some(d) = path.parent() {
         let _ = std::fs::create_dir_all(d);
     }
-    let tmp = path.with_extension(format!("{}.part", std::process::id()));
     let until = until.map(|u| format!("{u}\n")).unwrap_or_default();
-    if std::fs::write(&tmp, format!("{key}\n{}\n{}\n{until}", c.kind.name(), c.reason)).is_ok() {
-        let _ = std::fs::rename(&tmp, path);
-    }
+    // Best effort: without the cache the next start probes again.
+    let _ = ferry_contract::file::write_atomic(path, format!("{key}\n{}\n{}\n{until}", c.kind.name(), c.reason).as_bytes(), 0o644);
 }
 
 fn lock(cache: &Path) -> Option<crate::util::FileLock> {

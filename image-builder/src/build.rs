@@ -5,6 +5,7 @@ use crate::error::{Context, Error, Result};
 use crate::modules::Catalog;
 use crate::util::{self, Step};
 use crate::{debian, kconfig, media, rootfs};
+use ferry_contract::paths;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -130,19 +131,9 @@ fn cached_tree(name: &str, key: &[&str], dest: &Path, make: impl FnOnce(&Path) -
     Ok(false)
 }
 
-/// Write to `<path>.part`, fsync, rename: readers see the old file or the whole new one, never a part.
+/// Replace an output file: readers see the old file or the whole new one, never a part (`ferry_contract::file`).
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("part");
-    let r = (|| {
-        let mut f = std::fs::File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
-        f.write_all(data).ctx(|| format!("write {}", tmp.display()))?;
-        f.sync_all().ctx(|| format!("fsync {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).ctx(|| format!("rename {} to {}", tmp.display(), path.display()))
-    })();
-    if r.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    r
+    ferry_contract::file::write_atomic(path, data, 0o644).ctx(|| format!("write {}", path.display()))
 }
 
 /// Build everything into out/. On failure the work directory goes too: out/ keeps only whole artefacts.
@@ -195,8 +186,8 @@ fn build_steps(inp: &Inputs) -> Result<serde_json::Value> {
     let freed = rootfs::trim(&root, &util::read_data_file(&repo.join("rootfs/trim.txt"))?)?;
     let n = rootfs::apply_overlay(&repo.join("rootfs/overlay"), &repo.join("rootfs/modes.txt"), &root)?;
     rootfs::install_ferry_binaries(&root, crate::assets::INIT, crate::assets::FERRY_ENGINE)?;
-    rootfs::install_file(&root.join("etc/ferry/build-epoch"), format!("{}\n", inp.epoch).as_bytes(), 0o644)?;
-    rootfs::install_file(&root.join("etc/ferry/version"), format!("{}\n", env!("CARGO_PKG_VERSION")).as_bytes(), 0o644)?;
+    rootfs::install_file(&root.join(paths::relative(paths::BUILD_EPOCH)), format!("{}\n", inp.epoch).as_bytes(), 0o644)?;
+    rootfs::install_file(&root.join(paths::relative(paths::VERSION)), format!("{}\n", env!("CARGO_PKG_VERSION")).as_bytes(), 0o644)?;
     let moddir = ktree.join("usr/lib/modules").join(&kver);
     let mut cat = Catalog::scan(&moddir)?;
     let chosen = cat.select(&moddir, &util::read_data_file(&repo.join("kernel-config/modules.txt"))?)?;
@@ -319,7 +310,7 @@ fn initramfs(inp: &Inputs, kver: &str, early_dir: &Path, busybox: &[u8], squash:
     w.add("bin/busybox", 0o755, Body::File(busybox));
     w.add("bin/sh", 0, Body::Symlink("busybox"));
     w.add("init", 0o755, Body::File(crate::assets::INIT));
-    w.add(ferry_init::rootswitch::MARKER.trim_start_matches('/'), 0o644, Body::File(b"ferry initramfs\n"));
+    w.add(paths::relative(paths::INITRAMFS_MARKER), 0o644, Body::File(b"ferry initramfs\n"));
     let mut files = Vec::new();
     collect(early_dir, &mut files);
     files.sort();
@@ -350,7 +341,7 @@ fn initramfs(inp: &Inputs, kver: &str, early_dir: &Path, busybox: &[u8], squash:
         out.push(0);
     }
     let mut w2 = cpio::Writer::new(mtime);
-    w2.add(ferry_init::rootswitch::IMAGE.trim_start_matches('/'), 0o444, Body::File(squash));
+    w2.add(paths::relative(paths::ROOT_IMAGE), 0o444, Body::File(squash));
     out.extend_from_slice(&w2.finish());
     Ok(out)
 }

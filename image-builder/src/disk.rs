@@ -2,7 +2,7 @@
 //! writes it (magic file, .ssh, authorized_keys, authorized_keys2), optionally followed by Ferry's TLS
 //! files; the rest is zeros. Raw and fixed VHD are written here; other formats go through qemu-img.
 use crate::error::{Context, Error, Result};
-use ferry_init::userdata;
+use ferry_contract::userdata;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -208,7 +208,7 @@ fn unique_id(tar: &[u8], path: &Path) -> [u8; 16] {
     let d = h.finalize();
     let mut id = [0u8; 16];
     id.copy_from_slice(&d[..16]);
-    ferry_init::gpt::v4(id)
+    ferry_contract::gpt::v4(id)
 }
 
 fn write_raw(path: &Path, tar: &[u8], bytes: u64, footer: Option<[u8; 512]>) -> Result<()> {

@@ -3,7 +3,7 @@
 use crate::error::{Context, Error, Result};
 use crate::shares::{self, HostShare};
 use crate::util;
-use ferry_init::userdata;
+use ferry_contract::userdata;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -37,7 +37,7 @@ fn free_port() -> Result<u16> {
 
 impl Machine {
     pub fn named(name: &str) -> Result<Machine> {
-        if !ferry_init::cmdline::valid_hostname(name) {
+        if !ferry_contract::names::valid_hostname(name) {
             return Err(Error::msg(format!("machine name {name:?}: use 1-63 letters, digits or '-'")));
         }
         Ok(Machine { name: name.to_string(), dir: home().join("machines").join(name) })

@@ -2,7 +2,7 @@
 //! with a generated modules.dep / modules.alias in depmod's text format (read by init's kmod module).
 use crate::error::{Context, Error, Result};
 use crate::modinfo::{self, ModInfo};
-use ferry_init::{glob, kmod};
+use ferry_contract::{glob, names};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -28,7 +28,7 @@ impl Catalog {
     pub fn scan(moddir: &Path) -> Result<Catalog> {
         let mut paths = Vec::new();
         walk(&moddir.join("kernel"), moddir, &mut paths)?;
-        let by_name = paths.into_iter().map(|p| (kmod::name_from_path(&p), (p, None))).collect();
+        let by_name = paths.into_iter().map(|p| (names::module_from_path(&p), (p, None))).collect();
         Ok(Catalog { by_name })
     }
 

@@ -34,7 +34,7 @@ pub fn home() -> PathBuf {
 }
 
 pub fn check_name(name: &str) -> Result<()> {
-    if ferry_init::cmdline::valid_hostname(name) {
+    if ferry_contract::names::valid_hostname(name) {
         Ok(())
     } else {
         Err(Error::msg(format!("network name {name:?}: use 1-63 letters, digits or '-'")))
@@ -94,7 +94,7 @@ impl Network {
             for (k, h) in m {
                 let h = h.as_u64().and_then(|h| u8::try_from(h).ok()).filter(|h| HOSTS.contains(h));
                 match h {
-                    Some(h) if ferry_init::cmdline::valid_hostname(k) => {
+                    Some(h) if ferry_contract::names::valid_hostname(k) => {
                         members.insert(k.clone(), h);
                     }
                     _ => return Err(bad(&format!("member {k:?} has no valid address"))),
@@ -117,9 +117,8 @@ impl Network {
     fn save(&self) -> Result<()> {
         let dir = self.dir();
         std::fs::create_dir_all(&dir).ctx(|| format!("create {}", dir.display()))?;
-        let tmp = dir.join("network.json.tmp");
-        std::fs::write(&tmp, self.to_json()).ctx(|| format!("write {}", tmp.display()))?;
-        std::fs::rename(&tmp, dir.join("network.json")).ctx(|| format!("save {}", dir.join("network.json").display()))
+        let file = dir.join("network.json");
+        ferry_contract::file::write_atomic(&file, self.to_json().as_bytes(), 0o644).ctx(|| format!("save {}", file.display()))
     }
 
     /// Every network, by name. One that cannot be read is named on stderr (with what to do) and left out.
@@ -149,7 +148,7 @@ fn load_all(dir: &Path) -> (Vec<Network>, Vec<String>) {
     let Ok(rd) = std::fs::read_dir(dir) else { return (nets, bad) };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if !e.path().is_dir() || !ferry_init::cmdline::valid_hostname(&name) {
+        if !e.path().is_dir() || !ferry_contract::names::valid_hostname(&name) {
             continue;
         }
         let f = e.path().join("network.json");

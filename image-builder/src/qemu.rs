@@ -1,5 +1,6 @@
 //! QEMU: command line for a machine, daemonised start, QMP (ACPI power-down), waiting for exit.
 use crate::error::{Context, Error, Result};
+use ferry_contract::paths;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -276,11 +277,11 @@ impl Launch {
             a.extend(d.args(i, ahci));
         }
         if let Some(u) = &self.fw_cfg_userdata {
-            a.extend(["-fw_cfg".into(), format!("name=opt/ferry/userdata.tar,file={}", u.display())]);
+            a.extend(["-fw_cfg".into(), format!("name={},file={}", paths::FWCFG_USERDATA, u.display())]);
         }
         a.extend(crate::shares::qemu_args(&self.shares));
         if let Some(f) = &self.fw_cfg_shares {
-            a.extend(["-fw_cfg".into(), format!("name=opt/ferry/shares,file={}", f.display())]);
+            a.extend(["-fw_cfg".into(), format!("name={},file={}", paths::FWCFG_SHARES, f.display())]);
         }
         a.extend(self.extra.iter().cloned());
         a

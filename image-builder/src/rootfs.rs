@@ -2,7 +2,7 @@
 //! rootfs/modes.txt), Ferry's binaries and applet links, build facts.
 use crate::error::{Context, Error, Result};
 use crate::util;
-use ferry_init::glob;
+use ferry_contract::glob;
 use std::path::Path;
 
 /// Delete every path (relative to root) matching a trim glob. Returns bytes freed.

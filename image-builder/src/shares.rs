@@ -1,8 +1,8 @@
 //! `ferry up --share HOST_DIR[:GUEST_DIR][:ro]`: host folders given to the VM over virtio-9p. The user's
 //! home is shared at the same path unless `--no-share` (as colima and lima do). The machine remembers its
-//! list in `shares.json`; init mounts them (the fw_cfg format is `ferry_init::shares`).
+//! list in `shares.json`; init mounts them (the fw_cfg format is `ferry_contract::shares`).
 use crate::error::{Context, Error, Result};
-use ferry_init::shares::{self as guest, Share};
+use ferry_contract::shares::{self as guest, Share};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq, Eq)]

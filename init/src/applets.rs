@@ -1,6 +1,7 @@
 //! The multi-call side of the binary: poweroff, reboot, halt, modprobe, sethostname.
 use crate::error::{Error, Result};
 use crate::{cmdline, kmod, sys};
+use ferry_contract::paths;
 
 /// Signals PID 1 understands (busybox-compatible for USR1/USR2; SIGTERM is power-off for an appliance).
 pub const SIG_POWEROFF: libc::c_int = libc::SIGUSR2;
@@ -14,9 +15,9 @@ pub fn applet_name(argv0: &str) -> &str {
 /// Run an applet by name; None when the name is not an applet (so the caller runs init).
 pub fn run(name: &str, args: &[String]) -> Option<i32> {
     let r = match name {
-        "poweroff" => power(SIG_POWEROFF, libc::RB_POWER_OFF, args),
-        "reboot" => power(SIG_REBOOT, libc::RB_AUTOBOOT, args),
-        "halt" => power(SIG_HALT, libc::RB_HALT_SYSTEM, args),
+        "poweroff" => power(SIG_POWEROFF, sys::RebootCommand::PowerOff, args),
+        "reboot" => power(SIG_REBOOT, sys::RebootCommand::Restart, args),
+        "halt" => power(SIG_HALT, sys::RebootCommand::Halt, args),
         "modprobe" => modprobe(args),
         "sethostname" => sethostname(args),
         _ => return None,
@@ -30,16 +31,11 @@ pub fn run(name: &str, args: &[String]) -> Option<i32> {
     })
 }
 
-fn power(sig: libc::c_int, cmd: libc::c_int, args: &[String]) -> Result<()> {
+fn power(sig: libc::c_int, cmd: sys::RebootCommand, args: &[String]) -> Result<()> {
     if args.iter().any(|a| a == "-f" || a == "--force") {
-        sys::reboot(cmd);
-        return Err(Error::last_os("reboot(2) (are you root?)"));
+        return sys::reboot(cmd).map_err(|e| Error::msg(format!("{e} (are you root?)")));
     }
-    // SAFETY: kill(2) on PID 1 with a valid signal number.
-    if unsafe { libc::kill(1, sig) } != 0 {
-        return Err(Error::last_os("signal init (are you root? try sudo)"));
-    }
-    Ok(())
+    sys::signal(1, sig).map_err(|e| Error::msg(format!("{e} (are you root? try sudo)")))
 }
 
 /// `modprobe [-q] [-v] [-a] [-b] [-n] [--] NAME [PARAMS...]`: as the kernel and dockerd call it.
@@ -101,6 +97,6 @@ fn sethostname(args: &[String]) -> Result<()> {
     let name = name.to_ascii_lowercase();
     sys::set_hostname(&name)?;
     crate::net::write_hosts(&name)?;
-    sys::mkdir_p("/var/lib/boot2docker/etc", 0o755)?;
-    sys::write_atomic("/var/lib/boot2docker/etc/hostname", format!("{name}\n").as_bytes(), 0o644)
+    sys::mkdir_p(paths::PERSISTENT_ETC, 0o755)?;
+    sys::write_atomic(paths::PERSISTED_HOSTNAME, format!("{name}\n").as_bytes(), 0o644)
 }

@@ -1,8 +1,8 @@
 //! Clock floor: the kernel sets the time from the RTC (RTC_HCTOSYS); if that is before the image was
 //! built, the clock is certainly wrong (certificates would be born expired), so raise it to the build time.
-use crate::error::{Error, Result};
+use crate::error::Result;
 
-pub const BUILD_EPOCH_FILE: &str = "/etc/ferry/build-epoch";
+use ferry_contract::paths::BUILD_EPOCH as BUILD_EPOCH_FILE;
 
 pub fn build_epoch() -> Option<i64> {
     std::fs::read_to_string(BUILD_EPOCH_FILE).ok()?.trim().parse().ok()
@@ -17,11 +17,7 @@ pub fn apply_floor() -> Result<String> {
     if now >= floor {
         return Ok(format!("clock {now} (RTC), build floor {floor}"));
     }
-    let ts = libc::timespec { tv_sec: floor, tv_nsec: 0 };
-    // SAFETY: valid timespec pointer.
-    if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
-        return Err(Error::last_os("set the clock to the build time"));
-    }
+    crate::sys::set_clock(floor, 0)?;
     crate::log::warn(&format!("clock {now} was before the build time {floor}; raised to it"));
     Ok(format!("clock raised to build floor {floor}"))
 }

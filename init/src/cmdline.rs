@@ -20,14 +20,7 @@ pub struct Cmdline {
     pub warnings: Vec<String>,
 }
 
-/// A hostname per RFC 1123: 1..=63 chars of [a-z0-9-], not starting or ending with '-'.
-pub fn valid_hostname(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-}
+pub use ferry_contract::names::valid_hostname;
 
 impl Cmdline {
     pub fn parse(text: &str) -> Cmdline {
@@ -106,15 +99,5 @@ mod tests {
         assert_eq!(c.disk, None);
         assert_eq!(c.warnings.len(), 3);
         assert!(c.autologin);
-    }
-
-    #[test]
-    fn hostname_rules() {
-        assert!(valid_hostname("ferry"));
-        assert!(valid_hostname("a-b-9"));
-        assert!(!valid_hostname("-a"));
-        assert!(!valid_hostname("a_b"));
-        assert!(!valid_hostname(""));
-        assert!(!valid_hostname("a.b"));
     }
 }

@@ -8,13 +8,13 @@
 //! the partition table; anything less starts over from the (still intact) userdata.
 use crate::blockdev::{self, Disk};
 use crate::error::{Error, Result};
-use crate::gpt::{self, Partition, Table, SECTOR};
-use crate::{log, loopdev, sys, userdata};
+use crate::{log, loopdev, sys};
+use ferry_contract::gpt::{self, Partition, Table, SECTOR};
+use ferry_contract::{paths, userdata};
 use std::time::{Duration, Instant};
 
 pub const DATA_LABEL: &str = "boot2docker-data";
 pub const SWAP_LABEL: &str = "boot2dockerswap";
-pub const USERDATA: &str = "var/lib/boot2docker/userdata.tar";
 const MIB: u64 = 1 << 20;
 pub const SWAP_BYTES: u64 = 1000 * MIB;
 pub const MIN_DATA_BYTES: u64 = 256 * MIB;
@@ -223,6 +223,7 @@ pub fn pause_point(pause: Option<&str>, point: &str) {
     }
 }
 
+/// Where a new filesystem is filled before it is put in place.
 const STAGING: &str = "/run/ferry/format";
 
 fn run_tool(argv: &[&str]) -> Result<()> {
@@ -245,11 +246,11 @@ fn staged_filesystem_complete(dev: &str, l: &Layout) -> bool {
         return false;
     }
     let Ok(lp) = loopdev::attach(dev, Some(l.data_window()), true) else { return false };
-    if sys::mkdir_p(STAGING, 0o755).is_err() || sys::mount(&lp.path, STAGING, "ext4", libc::MS_RDONLY, "").is_err() {
+    if sys::mkdir_p(STAGING, 0o755).is_err() || sys::mount(&lp.path, STAGING, "ext4", sys::MountFlags::RDONLY, "").is_err() {
         return false;
     }
-    let done = std::path::Path::new(STAGING).join(USERDATA).is_file();
-    let _ = sys::umount(STAGING, 0);
+    let done = std::path::Path::new(STAGING).join(paths::relative(paths::USERDATA)).is_file();
+    let _ = sys::umount(STAGING, sys::UnmountFlags::empty());
     done
 }
 
@@ -287,9 +288,9 @@ pub fn format(disk: &Disk, blank: bool, pause: Option<&str>) -> Result<String> {
         run_tool(&["mke2fs", "-q", "-F", "-t", "ext4", "-L", DATA_LABEL, "-i", "8192", "-E", "nodiscard", &lp.path])?;
         log::line(&format!("disk: filesystem made in {:.2}s", t.elapsed().as_secs_f64()));
         sys::mkdir_p(STAGING, 0o755)?;
-        sys::mount(&lp.path, STAGING, "ext4", 0, "")?;
+        sys::mount(&lp.path, STAGING, "ext4", sys::MountFlags::empty(), "")?;
         let r = populate(STAGING, &entries);
-        let _ = sys::umount(STAGING, 0);
+        let _ = sys::umount(STAGING, sys::UnmountFlags::empty());
         drop(lp);
         r?;
     }
@@ -308,17 +309,16 @@ pub fn format(disk: &Disk, blank: bool, pause: Option<&str>) -> Result<String> {
 /// First-boot contents: the directories, Ferry's provisioned TLS files and profile, and userdata.tar
 /// (written last, atomically: its presence means the filesystem is complete).
 fn populate(root: &str, entries: &[userdata::Entry]) -> Result<()> {
-    let b2d = format!("{root}/var/lib/boot2docker");
+    let b2d = format!("{root}{}", paths::B2D);
     sys::mkdir_p(&b2d, 0o755)?;
     crate::provision::install_persistent(&b2d, entries)?;
     let tar = userdata::write(entries);
-    sys::write_atomic(&format!("{root}/{USERDATA}"), &tar, 0o600)?;
+    sys::write_atomic(&format!("{root}{}", paths::USERDATA), &tar, 0o600)?;
     // The rename must be durable before the partition table makes this the data disk.
     if let Ok(d) = std::fs::File::open(&b2d) {
         let _ = d.sync_all();
     }
-    // SAFETY: sync(2) has no arguments.
-    unsafe { libc::sync() };
+    rustix::fs::sync();
     Ok(())
 }
 
@@ -327,7 +327,15 @@ fn populate(root: &str, entries: &[userdata::Entry]) -> Result<()> {
 pub fn grow_table(disk: &Disk) -> Result<bool> {
     let dev = disk.dev();
     let head = blockdev::read_at(&dev, 0, (gpt::PRIMARY_SECTORS * SECTOR) as usize)?;
-    let Ok(old) = Table::parse_primary(&head) else { return grow_mbr(disk, &head) };
+    let old = match Table::parse_primary(&head) {
+        Ok(t) => t,
+        Err(ferry_contract::Error::NoGpt(_)) => return grow_mbr(disk, &head),
+        // A damaged table is never written over, not even to grow it; the kernel may still read the backup.
+        Err(e) => {
+            log::warn(&format!("disk: {dev}: {e}; the partition table is left as it is (not grown)"));
+            return Ok(false);
+        }
+    };
     let sectors = disk.bytes / SECTOR;
     if old.sectors >= sectors {
         return Ok(false);
@@ -382,7 +390,8 @@ fn fs_smaller_than_device(dev: &str) -> bool {
     let name = dev.trim_start_matches("/dev/");
     let sectors: u64 =
         std::fs::read_to_string(format!("/sys/class/block/{name}/size")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
-    sectors * SECTOR > blocks * bsize + 8 * MIB
+    // The superblock comes from the disk: saturate rather than wrap (a huge claim reads as "not smaller").
+    sectors.saturating_mul(SECTOR) > blocks.saturating_mul(bsize).saturating_add(8 * MIB)
 }
 
 /// Mount the data filesystem at /mnt/<name> and move the persistent paths onto it. Returns the mount point.
@@ -391,33 +400,28 @@ pub fn mount_data(dev: &str) -> Result<String> {
     let mnt = format!("/mnt/{name}");
     let grow = fs_smaller_than_device(dev);
     sys::mkdir_p(&mnt, 0o755)?;
-    sys::mount(dev, &mnt, "ext4", libc::MS_NOATIME, "")?;
+    sys::mount(dev, &mnt, "ext4", sys::MountFlags::NOATIME, "")?;
     if grow {
         let t = Instant::now();
         run_tool(&["resize2fs", dev])?;
         log::line(&format!("disk: {dev} filesystem grown to its partition in {:.2}s", t.elapsed().as_secs_f64()));
     }
-    for d in [
-        "var/lib/boot2docker/etc/docker",
-        "var/lib/boot2docker/log",
-        "var/lib/boot2docker/ssh",
-        "var/lib/docker",
-        "var/lib/containerd",
-        "tmp",
-    ] {
-        sys::mkdir_p(format!("{mnt}/{d}"), 0o755)?;
+    for d in
+        [paths::PERSISTENT_DOCKER_ETC, paths::PERSISTENT_LOG_DIR, paths::SSH_HOST_KEYS, "/var/lib/docker", "/var/lib/containerd", "/tmp"]
+    {
+        sys::mkdir_p(format!("{mnt}{d}"), 0o755)?;
     }
     empty_dir(&format!("{mnt}/tmp"));
     std::fs::set_permissions(format!("{mnt}/tmp"), std::os::unix::fs::PermissionsExt::from_mode(0o1777))
         .map_err(|e| Error::io(format!("chmod {mnt}/tmp"), e))?;
-    sys::mkdir_p("/etc/docker", 0o755)?;
+    sys::mkdir_p(paths::DOCKER_ETC, 0o755)?;
     for (from, to) in [
         (format!("{mnt}/var/lib"), "/var/lib"),
         (format!("{mnt}/tmp"), "/tmp"),
-        ("/var/lib/boot2docker/etc/docker".to_string(), "/etc/docker"),
-        ("/var/lib/boot2docker/log".to_string(), "/var/log"),
+        (paths::PERSISTENT_DOCKER_ETC.to_string(), paths::DOCKER_ETC),
+        (paths::PERSISTENT_LOG_DIR.to_string(), paths::LOG_DIR),
     ] {
-        sys::mount(&from, to, "", libc::MS_BIND, "")?;
+        sys::mount_bind(&from, to)?;
     }
     Ok(mnt)
 }

@@ -44,3 +44,11 @@ impl<T> Context<T> for io::Result<T> {
         self.map_err(|e| Error::io(context(), e))
     }
 }
+
+/// The shared formats' errors (GPT, userdata.tar) keep their message; callers that decide on the kind
+/// match on `ferry_contract::Error` before converting.
+impl From<ferry_contract::Error> for Error {
+    fn from(e: ferry_contract::Error) -> Self {
+        Error::msg(e.to_string())
+    }
+}

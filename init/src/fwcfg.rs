@@ -2,12 +2,18 @@
 //! qemu_fw_cfg driver exposes in sysfs.
 use crate::error::{Error, Result};
 
-pub const FWCFG_USERDATA: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/ferry/userdata.tar/raw";
+use ferry_contract::paths;
+
+/// Where the kernel shows the userdata item.
+pub fn userdata_file() -> String {
+    paths::fwcfg_file(paths::FWCFG_USERDATA)
+}
 
 pub fn read_fwcfg() -> Result<Option<Vec<u8>>> {
-    match std::fs::read(FWCFG_USERDATA) {
+    let file = userdata_file();
+    match std::fs::read(&file) {
         Ok(d) => Ok(Some(d)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io(format!("read {FWCFG_USERDATA}"), e)),
+        Err(e) => Err(Error::io(format!("read {file}"), e)),
     }
 }

@@ -3,8 +3,8 @@
 //! once and be restarted forever: the firmware's DMI names the hypervisor, and the device the daemon talks
 //! to exists. QEMU can claim to be VMware in its DMI tables, but it has no VMCI device.
 // boot2docker's log directory, shared with the hooks' logs.
-use crate::hooks::LOG_DIR;
 use crate::services::{Output, ServiceSpec};
+use ferry_contract::paths::PERSISTENT_LOG_DIR as LOG_DIR;
 use std::path::Path;
 
 #[derive(Debug, Clone, Copy, PartialEq)]

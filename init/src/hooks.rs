@@ -7,8 +7,6 @@ use crate::{log, sys};
 use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
-pub const DIR: &str = "/var/lib/boot2docker";
-pub const LOG_DIR: &str = "/var/lib/boot2docker/log";
 pub const BOOTSYNC: &str = "bootsync.sh";
 pub const BOOTLOCAL: &str = "bootlocal.sh";
 /// How long the boot waits for bootsync.sh by default (`ferry.bootsync_limit=SECONDS` changes it); past it
@@ -16,7 +14,7 @@ pub const BOOTLOCAL: &str = "bootlocal.sh";
 pub const BOOTSYNC_LIMIT: Duration = Duration::from_secs(60);
 /// How long bootlocal.sh waits for the engine before it runs anyway.
 pub const ENGINE_WAIT: Duration = Duration::from_secs(300);
-const DOCKER_SOCKET: &str = "/var/run/docker.sock";
+use ferry_contract::paths::{B2D as DIR, DOCKER_SOCK as DOCKER_SOCKET, PERSISTENT_LOG_DIR as LOG_DIR};
 
 /// Start `dir/name` with its output appended to `log_dir/<name stem>.log`, in its own session (so a
 /// hook's background jobs are not tied to PID 1's console). Ok(None) when there is no such hook.
@@ -57,21 +55,21 @@ pub fn run_bootsync(dir: &str, log_dir: &str, limit: Duration) -> Result<String>
     let Some(pid) = spawn(dir, BOOTSYNC, log_dir)? else { return Ok(format!("no {dir}/{BOOTSYNC}")) };
     let log_path = format!("{log_dir}/bootsync.log");
     while t.elapsed() < limit {
-        let mut st = 0;
-        // SAFETY: waitpid on our own child with a valid status pointer. The main loop's reaper does not run
-        // yet (stage B's phases are sequential), so nobody else collects this pid.
-        let r = unsafe { libc::waitpid(pid as i32, &mut st, libc::WNOHANG) };
-        if r == pid as i32 {
-            let secs = t.elapsed().as_secs_f64();
-            return Ok(if libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0 {
-                format!("{BOOTSYNC} finished in {secs:.2}s (output in {log_path})")
-            } else {
-                log::warn(&format!("{dir}/{BOOTSYNC} failed ({}) after {secs:.2}s; see {log_path}; booting on", describe(st)));
-                format!("{BOOTSYNC} failed")
-            });
-        }
-        if r < 0 {
-            return Err(Error::last_os(format!("wait for {BOOTSYNC}")));
+        // Our own child: the main loop's reaper does not run yet (stage B's phases are sequential), so
+        // nobody else collects this pid.
+        let child = rustix::process::Pid::from_raw(pid as i32).ok_or_else(|| Error::msg(format!("{BOOTSYNC}: pid {pid}")))?;
+        match rustix::process::waitpid(Some(child), rustix::process::WaitOptions::NOHANG) {
+            Ok(Some((_, st))) => {
+                let secs = t.elapsed().as_secs_f64();
+                return Ok(if st.exit_status() == Some(0) {
+                    format!("{BOOTSYNC} finished in {secs:.2}s (output in {log_path})")
+                } else {
+                    log::warn(&format!("{dir}/{BOOTSYNC} failed ({}) after {secs:.2}s; see {log_path}; booting on", describe(st.as_raw())));
+                    format!("{BOOTSYNC} failed")
+                });
+            }
+            Ok(None) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(Error::io(format!("wait for {BOOTSYNC}"), e.into())),
         }
         std::thread::sleep(Duration::from_millis(50));
     }

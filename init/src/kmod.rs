@@ -1,21 +1,10 @@
 //! Kernel modules: modules.dep / modules.alias (the builder generates them in the standard depmod text
 //! format), alias lookup, dependency order, and loading with finit_module (the kernel decompresses .ko.xz).
 use crate::error::{Context, Error, Result};
-use crate::glob;
+use ferry_contract::glob;
+use ferry_contract::names::{module as normalize, module_from_path as name_from_path};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-
-/// Module names treat `-` and `_` as the same character; the kernel reports them with `_`.
-pub fn normalize(name: &str) -> String {
-    name.replace('-', "_")
-}
-
-/// `kernel/fs/overlayfs/overlay.ko.xz` → `overlay`.
-pub fn name_from_path(path: &str) -> String {
-    let base = path.rsplit('/').next().unwrap_or(path);
-    let stem = base.split(".ko").next().unwrap_or(base);
-    normalize(stem)
-}
 
 #[derive(Debug, Default, Clone)]
 pub struct ModDb {
@@ -110,25 +99,20 @@ pub fn is_loaded(name: &str) -> bool {
     Path::new("/sys/module").join(name).join("initstate").exists()
 }
 
-const MODULE_INIT_COMPRESSED_FILE: libc::c_uint = 4;
+/// finit_module(2)'s flag for a compressed file (linux/module.h).
+const MODULE_INIT_COMPRESSED_FILE: std::ffi::c_int = 4;
 
 /// finit_module(2); the kernel decompresses .xz/.zst itself. Ok(false) when it was already loaded.
 fn finit(path: &Path, params: &str) -> Result<bool> {
-    use std::os::fd::AsRawFd;
     let f = std::fs::File::open(path).ctx(|| format!("open module {}", path.display()))?;
     let compressed = path.extension().is_some_and(|e| e == "xz" || e == "zst" || e == "gz");
     let flags = if compressed { MODULE_INIT_COMPRESSED_FILE } else { 0 };
     let p = crate::sys::cstr(params)?;
-    // SAFETY: valid fd and C string; finit_module has no other memory arguments.
-    let rc = unsafe { libc::syscall(libc::SYS_finit_module, f.as_raw_fd(), p.as_ptr(), flags) };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EEXIST) {
-            return Ok(false);
-        }
-        return Err(Error::io(format!("load module {}", path.display()), e));
+    match rustix::system::finit_module(&f, &p, flags) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::EXIST) => Ok(false),
+        Err(e) => Err(Error::io(format!("load module {}", path.display()), e.into())),
     }
-    Ok(true)
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! Ferry's PID 1 and its small helper applets. Library so the builder can share formats (userdata.tar,
-//! modules.dep/alias) and tests can exercise the pure parts without booting.
+//! Ferry's PID 1 and its small helper applets. A library so tests can exercise the pure parts without
+//! booting; the formats it shares with the host CLI live in `ferry_contract`.
 pub mod applets;
 pub mod blockdev;
 pub mod clock;
@@ -9,8 +9,6 @@ pub mod dhcp;
 pub mod disk;
 pub mod error;
 pub mod fwcfg;
-pub mod glob;
-pub mod gpt;
 pub mod guest_tools;
 pub mod hooks;
 pub mod ipconfig;
@@ -34,4 +32,3 @@ pub mod stage_b;
 pub mod sys;
 pub mod timesync;
 pub mod trust;
-pub mod userdata;

@@ -29,7 +29,7 @@ fn stage_a() -> String {
     let cmdline = Cmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
     if cmdline.bench_poweroff {
         log::line("bench: powering off right away");
-        sys::reboot(libc::RB_POWER_OFF);
+        let _ = sys::reboot(sys::RebootCommand::PowerOff);
     }
     if let Err(e) = log::phase("early-modules", rootswitch::load_early_modules) {
         return format!("loading loop/squashfs/overlay: {e}");

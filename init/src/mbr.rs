@@ -1,7 +1,7 @@
 //! The classic MBR partition table, for disks boot2docker formatted itself (DESIGN §4): partition 2 is
 //! 1000 MiB of swap (type 0x82, no label) at the start, partition 1 the ext4 data on the rest. Ferry
 //! reads it to find that swap and grows partition 1 when the virtual disk was enlarged.
-use crate::gpt::SECTOR;
+use ferry_contract::gpt::SECTOR;
 
 pub const TYPE_SWAP: u8 = 0x82;
 pub const TYPE_LINUX: u8 = 0x83;

@@ -31,7 +31,7 @@ pub fn setup(hostname: &str, hostname_chosen: bool, ip: &[ipconfig::IpArg]) -> R
         return Ok(());
     }
     let (tx, rx) = mpsc::channel();
-    let mut dhcp = 0;
+    let mut first_dhcp = None;
     for (index, (nic, fixed)) in plan.into_iter().enumerate() {
         match fixed {
             Some(f) => match configure_fixed(index, &nic, &f) {
@@ -40,21 +40,64 @@ pub fn setup(hostname: &str, hostname_chosen: bool, ip: &[ipconfig::IpArg]) -> R
             },
             None => {
                 let (tx, host) = (tx.clone(), hostname.to_string());
+                first_dhcp.get_or_insert((index, nic.clone()));
                 std::thread::spawn(move || follow_leases(index, &nic, &host, !hostname_chosen, tx));
-                dhcp += 1;
             }
         }
     }
     drop(tx);
-    if dhcp == 0 {
-        return Ok(());
-    }
-    // Wait for the first lease (the engine's server cert wants an address), but never block boot for long.
-    match rx.recv_timeout(Duration::from_secs(20)) {
-        Ok(msg) => log::line(&msg),
-        Err(_) => log::warn("no DHCP lease yet; continuing (leases are still being requested)"),
+    let Some((first, first_nic)) = first_dhcp else { return Ok(()) };
+    // The engine's server cert wants an address and SNTP wants the route to its server: wait for the first
+    // DHCP interface's lease, but never block boot for long.
+    let mut wait = LeaseWait::new(Instant::now());
+    let mut any = false;
+    loop {
+        match rx.recv_timeout(wait.deadline().saturating_duration_since(Instant::now())) {
+            Ok((index, msg)) => {
+                log::line(&msg);
+                any = true;
+                if index == first {
+                    break;
+                }
+                wait.other_lease(Instant::now());
+            }
+            Err(_) if any => {
+                log::warn(&format!("network: no lease on {first_nic} yet; continuing (it is still being requested)"));
+                break;
+            }
+            Err(_) => {
+                log::warn("no DHCP lease yet; continuing (leases are still being requested)");
+                break;
+            }
+        }
     }
     Ok(())
+}
+
+/// How long boot waits for the first DHCP interface's lease (eth0: boot2docker's NAT, with the default
+/// route and the host's services such as 10.0.2.2): `ALL` in all, and at most `AFTER_OTHER` once another
+/// interface has its lease, so a first NIC with no cable costs a few seconds, not twenty.
+struct LeaseWait {
+    start: Instant,
+    other: Option<Instant>,
+}
+
+impl LeaseWait {
+    const ALL: Duration = Duration::from_secs(20);
+    const AFTER_OTHER: Duration = Duration::from_secs(5);
+
+    fn new(start: Instant) -> LeaseWait {
+        LeaseWait { start, other: None }
+    }
+
+    fn other_lease(&mut self, at: Instant) {
+        self.other.get_or_insert(at);
+    }
+
+    fn deadline(&self) -> Instant {
+        let all = self.start + Self::ALL;
+        self.other.map_or(all, |t| all.min(t + Self::AFTER_OTHER))
+    }
 }
 
 /// Add the entries `list` lacks, in order.
@@ -192,7 +235,7 @@ fn describe(nic: &str, l: &dhcp::Lease) -> String {
 
 /// Obtain, apply and follow leases on NIC number `index`, forever (RFC 2131 §4.4: INIT, BOUND,
 /// RENEWING, REBINDING).
-fn follow_leases(index: usize, nic: &str, hostname: &str, adopt_hostname: bool, tx: mpsc::Sender<String>) {
+fn follow_leases(index: usize, nic: &str, hostname: &str, adopt_hostname: bool, tx: mpsc::Sender<(usize, String)>) {
     let mut client = match net::set_up(nic).and_then(|_| net::mac(nic)).and_then(|mac| dhcp::Client::new(nic, mac, hostname)) {
         Ok(c) => c,
         Err(e) => return log::line(&format!("network: {e}")),
@@ -210,7 +253,7 @@ fn follow_leases(index: usize, nic: &str, hostname: &str, adopt_hostname: bool, 
         apply(index, nic, None, &lease, adopt_hostname);
         let msg = describe(nic, &lease);
         // The first lease is printed by the phase; later ones (other NICs, new addresses) here.
-        if tx.send(msg.clone()).is_err() {
+        if tx.send((index, msg.clone())).is_err() {
             log::line(&msg);
         }
         // BOUND, then RENEWING and REBINDING, until a NAK or the expiry sends us back to INIT.
@@ -273,5 +316,19 @@ mod tests {
         assert_eq!(changes(Some(&a), &b), Changes { address: false, mtu: Some(1500), routes_gone: vec![r1], routes_new: vec![r2] });
         let moved = lease([192, 168, 77, 77], Some(1400), &[r1]);
         assert_eq!(changes(Some(&a), &moved), Changes { address: true, mtu: Some(1400), routes_gone: vec![r1], routes_new: vec![r1] });
+    }
+
+    #[test]
+    fn the_first_nic_is_awaited_but_not_for_long_once_another_has_a_lease() {
+        let t0 = Instant::now();
+        let mut w = LeaseWait::new(t0);
+        assert_eq!(w.deadline(), t0 + Duration::from_secs(20), "nothing yet: the whole 20 s");
+        w.other_lease(t0 + Duration::from_secs(2));
+        assert_eq!(w.deadline(), t0 + Duration::from_secs(7), "eth1 first: 5 s more for eth0");
+        w.other_lease(t0 + Duration::from_secs(4));
+        assert_eq!(w.deadline(), t0 + Duration::from_secs(7), "a third NIC does not extend the wait");
+        let mut late = LeaseWait::new(t0);
+        late.other_lease(t0 + Duration::from_secs(18));
+        assert_eq!(late.deadline(), t0 + Duration::from_secs(20), "never past the 20 s");
     }
 }

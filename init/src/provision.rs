@@ -3,11 +3,10 @@
 //! archive there (dotfiles, `.docker/config.json`). Once, when the disk is formatted (or every boot for fw_cfg, which the host
 //! supplies each time): Ferry's `tls/*.pem` and `profile` into /var/lib/boot2docker.
 use crate::error::Result;
-use crate::userdata::{self, Entry, Kind};
 use crate::{fwcfg, log, sys};
+use ferry_contract::paths::{self, B2D, DOCKER_HOME as HOME};
+use ferry_contract::userdata::{self, Entry, Kind};
 
-pub const HOME: &str = "/home/docker";
-pub const B2D: &str = "/var/lib/boot2docker";
 pub const DOCKER_UID: u32 = 1000;
 pub const STAFF_GID: u32 = 50;
 
@@ -116,8 +115,8 @@ pub fn run(persistent: bool, fallback: &[Entry]) -> Result<String> {
         parts.push(format!("format-me disk (not formatted): {}", install_user(fallback)?));
     }
     if persistent {
-        let path = format!("{B2D}/userdata.tar");
-        match std::fs::read(&path) {
+        let path = paths::USERDATA;
+        match std::fs::read(path) {
             Ok(raw) => match userdata::parse(&raw) {
                 Ok(entries) => parts.push(format!("{path}: {}", install_user(&entries)?)),
                 Err(e) => log::line(&format!("ERROR: {path}: {e}; no SSH keys from the disk")),
@@ -134,7 +133,7 @@ pub fn run(persistent: bool, fallback: &[Entry]) -> Result<String> {
                 parts.push(format!("fw_cfg userdata: {user}, {other} TLS/profile file(s)"));
             }
             Err(e) => {
-                log::line(&format!("ERROR: {}: {e}; continuing without it", fwcfg::FWCFG_USERDATA));
+                log::line(&format!("ERROR: {}: {e}; continuing without it", fwcfg::userdata_file()));
                 parts.push("fw_cfg userdata rejected".into());
             }
         },

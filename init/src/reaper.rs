@@ -23,20 +23,14 @@ pub struct Collected {
 pub fn collect() -> Collected {
     let mut c = Collected::default();
     loop {
-        let mut status = 0;
-        // SAFETY: waitpid with a valid status pointer; WNOHANG never blocks.
-        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        if pid > 0 {
-            c.exits.push(Exit { pid, status });
-            continue;
-        }
-        if pid < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EINTR) {
-                continue;
+        match rustix::process::wait(rustix::process::WaitOptions::NOHANG) {
+            Ok(Some((pid, status))) => c.exits.push(Exit { pid: pid.as_raw_nonzero().get(), status: status.as_raw() }),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                c.no_children = e == rustix::io::Errno::CHILD;
+                return c;
             }
-            c.no_children = e.raw_os_error() == Some(libc::ECHILD);
+            Ok(None) => return c,
         }
-        return c;
     }
 }

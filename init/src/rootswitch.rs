@@ -4,8 +4,7 @@
 use crate::error::{Context, Error, Result};
 use crate::{kmod, log, loopdev, mounts, sys};
 
-pub const IMAGE: &str = "/rootfs.squashfs";
-pub const MARKER: &str = "/ferry-initramfs";
+use ferry_contract::paths::{INITRAMFS_MARKER as MARKER, ROOT_IMAGE as IMAGE};
 
 /// Is this process running from Ferry's initramfs?
 pub fn in_initramfs() -> bool {
@@ -33,20 +32,24 @@ pub fn build_newroot() -> Result<()> {
     for d in ["/lower", "/rw", "/newroot"] {
         sys::mkdir_p(d, 0o755)?;
     }
-    sys::mount(&dev, "/lower", "squashfs", libc::MS_RDONLY, "")?;
-    sys::mount("rw", "/rw", "tmpfs", 0, "mode=0755")?;
+    sys::mount(&dev, "/lower", "squashfs", sys::MountFlags::RDONLY, "")?;
+    sys::mount("rw", "/rw", "tmpfs", sys::MountFlags::empty(), "mode=0755")?;
     sys::mkdir_p("/rw/upper", 0o755)?;
     sys::mkdir_p("/rw/work", 0o755)?;
-    sys::mount("overlay", "/newroot", "overlay", 0, "lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work")?;
-    // Keep the layers reachable (read-only image, RAM layer) for inspection after the switch.
+    sys::mount("overlay", "/newroot", "overlay", sys::MountFlags::empty(), "lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work")?;
+    // Keep the layers reachable (read-only image, RAM layer) for inspection after the switch, in the
+    // new root's /run (mounted now, so stage B does not cover them with a fresh one).
+    let run = mounts::RUN;
+    sys::mkdir_p(format!("/newroot{}", run.target), 0o755)?;
+    sys::mount(run.source, &format!("/newroot{}", run.target), run.fstype, run.flags, run.data)?;
     for (from, to) in [("/lower", "/newroot/run/ferry/image"), ("/rw", "/newroot/run/ferry/rw")] {
         sys::mkdir_p(to, 0o755)?;
-        sys::mount(from, to, "", libc::MS_MOVE, "")?;
+        sys::mount_move(from, to)?;
     }
     for m in mounts::EARLY {
         let to = format!("/newroot{}", m.target);
         sys::mkdir_p(&to, 0o755)?;
-        sys::mount(m.target, &to, "", libc::MS_MOVE, "")?;
+        sys::mount_move(m.target, &to)?;
     }
     Ok(())
 }
@@ -81,7 +84,7 @@ pub fn switch_and_exec() -> Error {
     free_initramfs();
     let r = (|| -> Result<()> {
         std::env::set_current_dir("/newroot").ctx(|| "chdir /newroot".into())?;
-        sys::mount(".", "/", "", libc::MS_MOVE, "")?;
+        sys::mount_move(".", "/")?;
         let dot = sys::cstr(".")?;
         // SAFETY: valid C string.
         if unsafe { libc::chroot(dot.as_ptr()) } != 0 {

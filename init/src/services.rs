@@ -1,8 +1,13 @@
 //! Service supervision: services are data (below); PID 1 reaps centrally (reaper.rs) and restarts exited
 //! services with exponential back-off.
-use crate::{log, reaper};
+use crate::{log, reaper, sys};
+use ferry_contract::paths;
+use ferry_contract::restart::delay as backoff;
 use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
+
+/// sshd's log, next to the engine's (persistent when there is a data disk).
+const SSHD_LOG: &str = "/var/log/sshd.log";
 
 #[derive(Clone, Copy, PartialEq, Debug)]
 pub enum Output {
@@ -32,7 +37,7 @@ pub const SSHD: ServiceSpec = ServiceSpec {
         "-c",
         "mkdir -p /run/sshd /var/lib/boot2docker/ssh/etc/ssh && ssh-keygen -A -f /var/lib/boot2docker/ssh && exec /usr/sbin/sshd -D -e",
     ],
-    output: Output::File("/var/log/sshd.log"),
+    output: Output::File(SSHD_LOG),
     user: None,
 };
 
@@ -46,7 +51,7 @@ pub fn console_login(tty: &'static str, docker_gid: u32) -> ServiceSpec {
         name: if tty.starts_with("ttyS") { "console-serial" } else { "console-vt" },
         argv: &["/bin/sh", "-l"],
         output: Output::Tty(tty),
-        user: Some((1000, 50, groups, "/home/docker")),
+        user: Some((1000, 50, groups, paths::DOCKER_HOME)),
     }
 }
 
@@ -64,14 +69,9 @@ pub struct Supervisor {
     services: Vec<Service>,
 }
 
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A service that ran this long before it exited counts as healthy: it is restarted after 1 s, and only
 /// a service that keeps dying sooner waits longer (1, 2, 4 … 30 s).
 const HEALTHY_AFTER: Duration = Duration::from_secs(5);
-
-pub fn backoff(failures: u32) -> Duration {
-    Duration::from_secs(1u64 << failures.saturating_sub(1).min(5)).min(BACKOFF_MAX)
-}
 
 impl Supervisor {
     pub fn add(&mut self, spec: ServiceSpec) {
@@ -172,13 +172,12 @@ impl Supervisor {
         let Some(pid) = s.pid else { return false };
         // Interactive shells ignore SIGTERM; a terminal session ends with a hang-up.
         let sig = if matches!(s.spec.output, Output::Tty(_)) { libc::SIGHUP } else { libc::SIGTERM };
-        // SAFETY: signalling our own child, whose exit nobody has collected yet (only the reaper collects,
-        // and its exits clear `pid`), so the pid cannot have been reused.
-        unsafe { libc::kill(pid, sig) };
+        // Our own child, whose exit nobody has collected yet (only the reaper collects, and its exits clear
+        // `pid`), so the pid cannot have been reused.
+        let _ = sys::signal(pid, sig);
         if !self.wait_for(pid, timeout, &mut collect) {
             log::line(&format!("service {name} did not stop within {}s; killing it", timeout.as_secs()));
-            // SAFETY: as above.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = sys::signal(pid, libc::SIGKILL);
             self.wait_for(pid, Duration::from_secs(5), &mut collect);
         }
         if let Some(s) = self.services.iter_mut().find(|s| s.spec.name == name) {
@@ -270,6 +269,14 @@ mod tests {
     const ENGINE_PID: i32 = i32::MAX - 1;
     const SSHD_PID: i32 = i32::MAX - 2;
 
+    #[test]
+    fn sshd_keeps_its_host_keys_where_the_contract_and_sshd_config_say() {
+        let keys = format!("{}/etc/ssh", paths::SSH_HOST_KEYS);
+        assert!(SSHD.argv[2].contains(&keys) && SSHD.argv[2].contains(&format!("-f {}", paths::SSH_HOST_KEYS)), "{}", SSHD.argv[2]);
+        let config = include_str!("../../rootfs/overlay/etc/ssh/sshd_config.d/ferry.conf");
+        assert!(config.lines().filter(|l| l.starts_with("HostKey ")).all(|l| l.contains(&keys)), "{config}");
+    }
+
     fn running() -> Supervisor {
         let mut sup = Supervisor::default();
         sup.add(ENGINE);
@@ -325,12 +332,5 @@ mod tests {
         assert!(stopped && looks >= 2);
         assert_eq!(sup.services[0].pid, None);
         assert_eq!(sup.services[1].pid, Some(SSHD_PID), "the other service is untouched");
-    }
-
-    #[test]
-    fn backoff_grows_and_caps() {
-        assert_eq!(backoff(1), Duration::from_secs(1));
-        assert_eq!(backoff(3), Duration::from_secs(4));
-        assert_eq!(backoff(50), BACKOFF_MAX);
     }
 }

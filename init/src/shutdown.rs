@@ -13,11 +13,11 @@ pub enum Action {
 }
 
 impl Action {
-    fn cmd(self) -> libc::c_int {
+    fn cmd(self) -> sys::RebootCommand {
         match self {
-            Action::PowerOff => libc::RB_POWER_OFF,
-            Action::Reboot => libc::RB_AUTOBOOT,
-            Action::Halt => libc::RB_HALT_SYSTEM,
+            Action::PowerOff => sys::RebootCommand::PowerOff,
+            Action::Reboot => sys::RebootCommand::Restart,
+            Action::Halt => sys::RebootCommand::Halt,
         }
     }
 }
@@ -35,18 +35,19 @@ pub fn run(sup: &mut Supervisor, action: Action) -> ! {
     sup.stop_all(Duration::from_secs(5));
     kill_everything();
     swap_off_all();
-    // SAFETY: sync(2) has no arguments.
-    unsafe { libc::sync() };
+    rustix::fs::sync();
     let busy = unmount_all();
     if !busy.is_empty() {
         log::line(&format!("[shutdown] still busy, remounted read-only: {}", busy.join(" ")));
     }
-    // SAFETY: as above; whatever the read-only remounts flushed is on the disks before the power goes.
-    unsafe { libc::sync() };
+    // Whatever the read-only remounts flushed is on the disks before the power goes.
+    rustix::fs::sync();
     all.done();
     log::line(&format!("{action:?} now"));
     loop {
-        sys::reboot(action.cmd());
+        if let Err(e) = sys::reboot(action.cmd()) {
+            log::warn(&format!("{e}; trying again"));
+        }
         std::thread::sleep(Duration::from_secs(5));
     }
 }
@@ -86,11 +87,11 @@ fn unmount_all() -> Vec<String> {
     let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else { return busy };
     let targets: Vec<String> = mounts.lines().filter_map(|l| l.split(' ').nth(1)).map(|s| s.replace("\\040", " ")).collect();
     for t in targets.iter().rev() {
-        if matches!(t.as_str(), "/" | "/proc" | "/sys" | "/dev") || t.starts_with("/run/ferry") {
+        if matches!(t.as_str(), "/" | "/proc" | "/sys" | "/dev") || t.starts_with(ferry_contract::paths::RUN_DIR) {
             continue;
         }
-        if sys::umount(t, 0).is_err() {
-            let _ = sys::mount("", t, "", libc::MS_REMOUNT | libc::MS_RDONLY, "");
+        if sys::umount(t, sys::UnmountFlags::empty()).is_err() {
+            let _ = sys::remount_read_only(t);
             if t.starts_with("/mnt/") || t.starts_with("/var") || t == "/tmp" || t.starts_with("/etc") {
                 busy.push(t.clone());
             }

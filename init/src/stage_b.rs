@@ -8,10 +8,10 @@ use crate::shutdown::{self, Action};
 use crate::{
     clock, coldplug, disk, guest_tools, hooks, kmod, log, mounts, network, powerbutton, provision, rescue, shares, sys, timesync, trust,
 };
+use ferry_contract::paths::{self, PERSISTED_HOSTNAME};
 use std::time::Duration;
 
 pub const DEFAULT_HOSTNAME: &str = "ferry";
-pub const PERSISTED_HOSTNAME: &str = "/var/lib/boot2docker/etc/hostname";
 
 /// What a phase's failure means for the boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +31,7 @@ pub struct Boot {
     /// The data disk is mounted; else everything lives in RAM and `fallback` holds a failed format-me
     /// disk's userdata, so its SSH keys still work.
     persistent: bool,
-    fallback: Vec<crate::userdata::Entry>,
+    fallback: Vec<ferry_contract::userdata::Entry>,
     sup: Supervisor,
 }
 
@@ -90,7 +90,7 @@ fn early_mounts(_: &mut Boot) -> Result<(), Error> {
     ] {
         let _ = std::os::unix::fs::symlink(t, l);
     }
-    sys::mkdir_p("/var/log", 0o755)
+    sys::mkdir_p(paths::LOG_DIR, 0o755)
 }
 
 /// The kernel command line (its mistakes are warnings), and PID 1's own settings. `ferry.rescue` asks
@@ -107,8 +107,9 @@ fn read_cmdline(b: &mut Boot) -> Result<(), Error> {
         log::warn(&format!("open-file limit stays at the kernel's default: {e}"));
     }
     // Ctrl-Alt-Del becomes SIGINT to us instead of an immediate reboot.
-    // SAFETY: reboot(2) with the CAD-off command only changes a flag.
-    unsafe { libc::reboot(libc::RB_DISABLE_CAD) };
+    if let Err(e) = sys::reboot(sys::RebootCommand::CadOff) {
+        log::warn(&format!("Ctrl-Alt-Del stays an immediate reboot: {e}"));
+    }
     Ok(())
 }
 
@@ -153,12 +154,12 @@ fn host_shares(b: &mut Boot) -> Result<(), Error> {
 }
 
 fn boot_hooks(b: &mut Boot) -> Result<(), Error> {
-    match trust::add_registry_cas(trust::CERTS_DIR, trust::BUNDLE) {
+    match trust::add_registry_cas(paths::CERTS_DIR, trust::BUNDLE) {
         Ok(s) => log::line(&format!("registry CAs: {s}")),
         Err(e) => log::warn(&format!("registry CAs: {e}")),
     }
     let limit = b.cmdline.bootsync_limit.unwrap_or(hooks::BOOTSYNC_LIMIT);
-    log::line(&format!("hooks: {}", hooks::run_bootsync(hooks::DIR, hooks::LOG_DIR, limit)?));
+    log::line(&format!("hooks: {}", hooks::run_bootsync(paths::B2D, paths::PERSISTENT_LOG_DIR, limit)?));
     Ok(())
 }
 

@@ -10,25 +10,37 @@ pub fn cstr(s: &str) -> Result<CString> {
     CString::new(s).map_err(|_| Error::msg(format!("{s:?} contains a NUL byte")))
 }
 
-pub fn mount(source: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str) -> Result<()> {
-    let (s, t, f, d) = (cstr(source)?, cstr(target)?, cstr(fstype)?, cstr(data)?);
-    let data_ptr = if data.is_empty() { std::ptr::null() } else { d.as_ptr() as *const libc::c_void };
-    let fs_ptr = if fstype.is_empty() { std::ptr::null() } else { f.as_ptr() };
-    // SAFETY: all pointers are valid NUL-terminated strings or null, as mount(2) allows.
-    let rc = unsafe { libc::mount(s.as_ptr(), t.as_ptr(), fs_ptr, flags, data_ptr) };
-    if rc != 0 {
-        return Err(Error::last_os(format!("mount {source} on {target} ({fstype})")));
-    }
-    Ok(())
+pub use rustix::mount::{MountFlags, UnmountFlags};
+pub use rustix::system::RebootCommand;
+
+fn os(context: String, e: rustix::io::Errno) -> Error {
+    Error::io(context, e.into())
 }
 
-pub fn umount(target: &str, flags: libc::c_int) -> Result<()> {
-    let t = cstr(target)?;
-    // SAFETY: valid C string.
-    if unsafe { libc::umount2(t.as_ptr(), flags) } != 0 {
-        return Err(Error::last_os(format!("unmount {target}")));
-    }
-    Ok(())
+/// mount(2) of a filesystem (`data` empty: no options).
+pub fn mount(source: &str, target: &str, fstype: &str, flags: MountFlags, data: &str) -> Result<()> {
+    let data = if data.is_empty() { None } else { Some(cstr(data)?) };
+    rustix::mount::mount(source, target, fstype, flags, data.as_deref())
+        .map_err(|e| os(format!("mount {source} on {target} ({fstype})"), e))
+}
+
+/// `from` seen again at `to` (MS_BIND).
+pub fn mount_bind(from: &str, to: &str) -> Result<()> {
+    rustix::mount::mount_bind(from, to).map_err(|e| os(format!("bind {from} on {to}"), e))
+}
+
+/// The mount at `from` moved to `to` (MS_MOVE).
+pub fn mount_move(from: &str, to: &str) -> Result<()> {
+    rustix::mount::mount_move(from, to).map_err(|e| os(format!("move the mount {from} to {to}"), e))
+}
+
+/// The mount at `target` made read-only (what a busy filesystem gets at shutdown).
+pub fn remount_read_only(target: &str) -> Result<()> {
+    rustix::mount::mount_remount(target, MountFlags::RDONLY, "").map_err(|e| os(format!("remount {target} read-only"), e))
+}
+
+pub fn umount(target: &str, flags: UnmountFlags) -> Result<()> {
+    rustix::mount::unmount(target, flags).map_err(|e| os(format!("unmount {target}"), e))
 }
 
 pub fn mkdir_p(path: impl AsRef<Path>, mode: u32) -> Result<()> {
@@ -37,21 +49,29 @@ pub fn mkdir_p(path: impl AsRef<Path>, mode: u32) -> Result<()> {
     std::fs::DirBuilder::new().recursive(true).mode(mode).create(p).map_err(|e| Error::io(format!("create directory {}", p.display()), e))
 }
 
+/// kill(2) of one process (pid > 0). A process that is already gone is an error the caller may ignore.
+pub fn signal(pid: i32, sig: libc::c_int) -> Result<()> {
+    use rustix::process::{kill_process, Pid, Signal};
+    let p = Pid::from_raw(pid).filter(|_| pid > 0).ok_or_else(|| Error::msg(format!("signal {sig} to pid {pid}: not one process")))?;
+    let s = Signal::from_named_raw(sig).ok_or_else(|| Error::msg(format!("signal {sig}: not a signal")))?;
+    kill_process(p, s).map_err(|e| os(format!("signal {sig} to pid {pid}"), e))
+}
+
+/// Set the system clock (CLOCK_REALTIME) to `secs` + `nanos` since the epoch.
+pub fn set_clock(secs: i64, nanos: i64) -> Result<()> {
+    use rustix::time::{clock_settime, ClockId, Timespec};
+    clock_settime(ClockId::Realtime, Timespec { tv_sec: secs, tv_nsec: nanos }).map_err(|e| os(format!("set the clock to {secs}"), e))
+}
+
+/// Never follows a link planted by untrusted input (lchown).
 pub fn chown(path: &str, uid: u32, gid: u32) -> Result<()> {
-    let p = cstr(path)?;
-    // SAFETY: valid C string; lchown never follows a link planted by untrusted input.
-    if unsafe { libc::lchown(p.as_ptr(), uid, gid) } != 0 {
-        return Err(Error::last_os(format!("chown {path}")));
-    }
-    Ok(())
+    use rustix::fs::{chownat, AtFlags, Gid, Uid, CWD};
+    chownat(CWD, path, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)), AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| os(format!("chown {path}"), e))
 }
 
 pub fn set_hostname(name: &str) -> Result<()> {
-    // SAFETY: pointer and length describe `name`.
-    if unsafe { libc::sethostname(name.as_ptr() as *const libc::c_char, name.len()) } != 0 {
-        return Err(Error::last_os(format!("sethostname {name}")));
-    }
-    Ok(())
+    rustix::system::sethostname(name.as_bytes()).map_err(|e| os(format!("sethostname {name}"), e))
 }
 
 /// Is something mounted exactly at `target`?
@@ -59,30 +79,16 @@ pub fn is_mountpoint(target: &str) -> bool {
     std::fs::read_to_string("/proc/self/mountinfo").map(|t| t.lines().any(|l| l.split(' ').nth(4) == Some(target))).unwrap_or(false)
 }
 
-/// Write a file atomically (temp + rename) so a power cut never leaves half a file.
+/// Replace a file so a power cut never leaves half of it (`ferry_contract::file`).
 pub fn write_atomic(path: &str, data: &[u8], mode: u32) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = format!("{path}.ferry-tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)
-        .map_err(|e| Error::io(format!("create {tmp}"), e))?;
-    f.write_all(data).map_err(|e| Error::io(format!("write {tmp}"), e))?;
-    f.sync_all().map_err(|e| Error::io(format!("fsync {tmp}"), e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("rename {tmp} to {path}"), e))
+    ferry_contract::file::write_atomic(std::path::Path::new(path), data, mode).map_err(|e| Error::io(format!("write {path}"), e))
 }
 
-pub fn reboot(cmd: libc::c_int) {
-    // SAFETY: reboot(2) with a valid command; only returns on error.
-    unsafe {
-        libc::sync();
-        libc::reboot(cmd);
-    }
+/// sync, then reboot(2) (power off, restart, halt; or Ctrl-Alt-Del's setting). Returns only what the
+/// kernel did not do.
+pub fn reboot(cmd: RebootCommand) -> Result<()> {
+    rustix::fs::sync();
+    rustix::system::reboot(cmd).map_err(|e| os(format!("reboot(2) {cmd:?}"), e))
 }
 
 pub fn block_all_signals() {
@@ -116,10 +122,6 @@ pub fn unblock_signals_in_child(cmd: &mut std::process::Command) {
 pub const OPEN_FILES: u64 = 1 << 20;
 
 pub fn raise_open_files(n: u64) -> Result<()> {
-    let l = libc::rlimit { rlim_cur: n, rlim_max: n };
-    // SAFETY: setrlimit on our own process with a valid struct.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &l) } != 0 {
-        return Err(Error::io("setrlimit RLIMIT_NOFILE", std::io::Error::last_os_error()));
-    }
-    Ok(())
+    use rustix::process::{setrlimit, Resource, Rlimit};
+    setrlimit(Resource::Nofile, Rlimit { current: Some(n), maximum: Some(n) }).map_err(|e| os("setrlimit RLIMIT_NOFILE".into(), e))
 }

@@ -9,12 +9,12 @@
 //! Servers, first found wins: DHCP option 42; the profile's `NTP_SERVER`; the kernel's `ntpserver=`;
 //! `pool.ntp.org`. An explicitly empty `NTP_SERVER` or `ntpserver=` turns SNTP off (the RTC witness stays).
 use crate::{log, sntp};
+use ferry_contract::paths::PROFILE;
 use std::net::Ipv4Addr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub const DEFAULT_SERVER: &str = "pool.ntp.org";
-pub const PROFILE: &str = "/var/lib/boot2docker/profile";
 const RTC: &str = "/sys/class/rtc/rtc0/since_epoch";
 
 /// NTP servers from DHCP option 42, filled by the DHCP threads.
@@ -92,9 +92,7 @@ pub fn profile_ntp_server() -> Option<String> {
 
 fn step_by(offset: f64) -> bool {
     let t = sntp::unix_now() + offset;
-    let ts = libc::timespec { tv_sec: t.floor() as libc::time_t, tv_nsec: ((t - t.floor()) * 1e9) as libc::c_long };
-    // SAFETY: valid timespec pointer; CLOCK_REALTIME may be set by PID 1.
-    unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) == 0 }
+    crate::sys::set_clock(t.floor() as i64, ((t - t.floor()) * 1e9) as i64).is_ok()
 }
 
 fn rtc_seconds() -> Option<i64> {
@@ -121,35 +119,49 @@ pub fn fmt_offset(o: f64) -> String {
     format!("{o:+.3} s")
 }
 
-/// Ask each server in turn (each address of each name) until one answers within `limit` in all. Each
-/// server that fails is named on the console.
+/// Ask each server in turn (each address of each name), round after round, until one answers or `limit`
+/// has passed: a lost datagram or a route that is not there yet gets another try. Each server that fails
+/// is named on the console once.
 fn ask(servers: &[String], limit: Duration) -> Result<(String, sntp::Sample), String> {
     let end = Instant::now() + limit;
     let mut last = String::from("no server");
-    for s in servers {
-        let addrs = match sntp::resolve(s) {
-            Ok(a) => a,
-            Err(e) => {
-                last = e.to_string();
-                log::warn(&format!("clock: {last}"));
-                continue;
-            }
-        };
-        for a in addrs {
-            let left = end.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(format!("{last}; gave up after {}s", limit.as_secs()));
-            }
-            match sntp::query(a, left.min(Duration::from_secs(2))) {
-                Ok(sample) => return Ok((s.clone(), sample)),
+    for round in 0.. {
+        let started = Instant::now();
+        for s in servers {
+            let addrs = match sntp::resolve(s) {
+                Ok(a) => a,
                 Err(e) => {
                     last = e.to_string();
-                    log::warn(&format!("clock: {last}"));
+                    if round == 0 {
+                        log::warn(&format!("clock: {last}"));
+                    }
+                    continue;
+                }
+            };
+            for a in addrs {
+                let left = end.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(format!("{last}; gave up after {}s", limit.as_secs()));
+                }
+                match sntp::query(a, left.min(Duration::from_secs(2))) {
+                    Ok(sample) => return Ok((s.clone(), sample)),
+                    Err(e) => {
+                        last = e.to_string();
+                        if round == 0 {
+                            log::warn(&format!("clock: {last}"));
+                        }
+                    }
                 }
             }
         }
+        // A round that failed at once (no route, refused) waits a little before the next.
+        let pause = Duration::from_millis(250).saturating_sub(started.elapsed());
+        if Instant::now() + pause >= end {
+            break;
+        }
+        std::thread::sleep(pause);
     }
-    Err(last)
+    Err(format!("{last}; gave up after {}s", limit.as_secs()))
 }
 
 pub struct Sync {

@@ -5,7 +5,6 @@
 use crate::error::{Error, Result};
 use crate::{log, sys};
 
-pub const CERTS_DIR: &str = "/var/lib/boot2docker/certs";
 pub const BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
 const END: &str = "-----END CERTIFICATE-----";

@@ -34,7 +34,7 @@ fn sh_size(script: &str) -> u64 {
 
 /// The squashfs inside initrd.img: the newc entry named after the image, in the second (uncompressed) part.
 fn squashfs_of(initrd: &[u8]) -> &[u8] {
-    let name = ferry_init::rootswitch::IMAGE.trim_start_matches('/');
+    let name = ferry_contract::paths::relative(ferry_contract::paths::ROOT_IMAGE);
     let mut pat = name.as_bytes().to_vec();
     pat.push(0);
     let at = initrd.windows(pat.len()).rposition(|w| w == pat.as_slice()).expect("the rootfs image in initrd.img");

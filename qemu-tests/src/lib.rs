@@ -197,7 +197,7 @@ pub fn busybox_rootfs_tar() -> Result<Vec<u8>, String> {
     if has_interpreter(&data) {
         return Err(format!("{bb} is dynamically linked; install busybox-static"));
     }
-    use ferry_init::userdata::{dir, file, write};
+    use ferry_contract::userdata::{dir, file, write};
     Ok(write(&[
         dir("bin", 0o755),
         file("bin/busybox", 0o755, data),

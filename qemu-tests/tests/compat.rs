@@ -9,7 +9,7 @@
 //! classless routes, the search list, the hostname, and the address dropped when the lease expires.
 use ferry_builder::machine::Machine;
 use ferry_builder::qemu::Drive;
-use ferry_init::userdata;
+use ferry_contract::userdata;
 use qemu_tests::*;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -123,7 +123,7 @@ fn docker_machine_bytes(r: &mut Report, home: &Path) {
                 );
                 head?;
                 let h = std::fs::read(home.join("head.bin")).map_err(|e| e.to_string())?;
-                if !h.starts_with(ferry_init::userdata::MAGIC.as_bytes()) {
+                if !h.starts_with(ferry_contract::userdata::MAGIC.as_bytes()) {
                     return Err(format!("{f}: the guest would not see the format-me magic at byte 0"));
                 }
                 let _ = std::fs::remove_file(home.join("head.bin"));
@@ -524,10 +524,10 @@ fn foreign_disks(r: &mut Report, home: &Path) {
         )?;
         // The larger format-me disk: its userdata plants a symlink out of the home directory.
         let hostile = blank("magic-hostile.img", 3 << 10)?;
-        let mut tar = ferry_init::userdata::write(&[
-            ferry_init::userdata::file(ferry_init::userdata::MAGIC, 0, ferry_init::userdata::MAGIC),
-            ferry_init::userdata::dir(".ssh", 0o700),
-            ferry_init::userdata::file(".ssh/authorized_keys", 0o644, b"x".to_vec()),
+        let mut tar = ferry_contract::userdata::write(&[
+            ferry_contract::userdata::file(ferry_contract::userdata::MAGIC, 0, ferry_contract::userdata::MAGIC),
+            ferry_contract::userdata::dir(".ssh", 0o700),
+            ferry_contract::userdata::file(".ssh/authorized_keys", 0o644, b"x".to_vec()),
         ]);
         set_type_symlink(&mut tar, 2, "/etc/shadow");
         write_at(&hostile, 0, &tar)?;

@@ -237,6 +237,13 @@ fn main() {
     );
     r.check("root is an overlay (pivot_root-capable, not the initramfs)", contains(ssh("grep ' / ' /proc/mounts"), "overlay"));
     r.check(
+        "the root's layers stay visible: the image at /run/ferry/image (squashfs), the RAM layer at /run/ferry/rw",
+        contains(
+            ssh("grep ' /run/ferry/' /proc/mounts | cut -d' ' -f2,3 | sort | tr '\\n' ' '; test -x /run/ferry/image/usr/sbin/dockerd && echo dockerd-in-image"),
+            "/run/ferry/image squashfs /run/ferry/rw tmpfs dockerd-in-image",
+        ),
+    );
+    r.check(
         "/etc/init.d/docker status|stop|start control dockerd through the manager",
         (|| {
             contains(ssh("sudo /etc/init.d/docker status"), "running")?;
@@ -376,7 +383,7 @@ fn bad_boot(
 /// Boot 2: fw_cfg userdata with a server key that does not match its certificate. The console must name the
 /// file, and the engine must come up with generated certificates (client bundle in ~docker/.docker).
 fn bad_tls_boot(r: &mut Report, home: &Path) {
-    use ferry_init::userdata;
+    use ferry_contract::userdata;
     let now = time::OffsetDateTime::now_utc();
     let (Ok(a), Ok(b)) = (ferry_engine::certs::generate("localhost", &[], now), ferry_engine::certs::generate("localhost", &[], now))
     else {

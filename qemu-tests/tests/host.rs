@@ -410,7 +410,7 @@ fn udp_echo_image(base: &Path) -> Result<Vec<u8>, String> {
     run(Command::new("cc").args(["-static", "-O2", "-o"]).arg(&bin).arg(&src), None, 2 * MIN)
         .map_err(|e| format!("{e} (./ferry installs gcc and libc6-dev)"))?;
     let data = std::fs::read(&bin).map_err(|e| e.to_string())?;
-    Ok(ferry_init::userdata::write(&[ferry_init::userdata::file("udpecho", 0o755, data)]))
+    Ok(ferry_contract::userdata::write(&[ferry_contract::userdata::file("udpecho", 0o755, data)]))
 }
 
 /// The host user with uid 1000 (created when the host has none): the owner of the shared folders and
@@ -540,15 +540,17 @@ fn accel_checks(r: &mut Report, base: &Path) {
 /// so the engine generates its certificates: SNTP must set the clock first. It has three NICs: two with
 /// DHCP, as docker-machine's VirtualBox driver makes them (NAT, then a host-only network), and a third
 /// with a fixed address from `ip=`; a malformed `ip=` is named and ignored. IPv6 comes from the user
-/// network's router advertisements.
+/// network's router advertisements. The fixed NIC's network is `restrict=on` (it needs nothing from QEMU);
+/// the second DHCP one cannot be (libslirp's restricted DHCP answers carry no router and no DNS server),
+/// which is why boot waits for eth0's lease before SNTP: its default route must not go out through eth1.
 fn rtc_boot(r: &mut Report, fhome: &Path) {
-    use ferry_init::userdata;
+    use ferry_contract::userdata;
     std::env::set_var("FERRY_HOME", fhome);
     std::env::set_var("FERRY_NET_RESTRICT", "0");
     std::env::set_var("FERRY_APPEND", "ntpserver=10.0.2.2 ip=10.0.9.50::10.0.9.2:255.255.255.0::eth2:off ip=300.1.1.1::::::off");
     std::env::set_var(
         "FERRY_QEMU_ARGS",
-        "-rtc base=2020-06-01T00:00:00 -netdev user,id=n1,net=192.168.56.0/24 -device virtio-net-pci,netdev=n1 -netdev user,id=n2,net=10.0.9.0/24 -device virtio-net-pci,netdev=n2",
+        "-rtc base=2020-06-01T00:00:00 -netdev user,id=n1,net=192.168.56.0/24 -device virtio-net-pci,netdev=n1 -netdev user,id=n2,net=10.0.9.0/24,restrict=on -device virtio-net-pci,netdev=n2",
     );
     let started = (|| -> Result<Machine, String> {
         let m = Machine::named("oldrtc").map_err(|e| e.to_string())?;
@@ -582,7 +584,12 @@ fn rtc_boot(r: &mut Report, fhome: &Path) {
         "RTC years off: SNTP steps the clock at boot, before the certificates are made",
         (|| {
             let c = console(&m);
-            text_has(&c, &["clock: SNTP 10.0.2.2 (boot)", "stepped", "generated a CA"])?;
+            // On failure, say what the boot did instead: its clock and network lines.
+            let context = || -> String {
+                c.lines().filter(|l| l.contains("clock") || l.contains("network") || l.contains("lease")).collect::<Vec<_>>().join(" | ")
+            };
+            text_has(&c, &["clock: SNTP 10.0.2.2 (boot)", "stepped", "generated a CA"])
+                .map_err(|e| format!("{e}; the boot said: {}", context()))?;
             before(&c, "clock: SNTP 10.0.2.2 (boot)", "generated a CA")
         })(),
     );

@@ -2,7 +2,7 @@
 //! partition, at 1 MiB. Sized to its content; `dd` it to a USB stick or disk and UEFI firmware boots it.
 use super::fat;
 use crate::error::{Context, Result};
-use ferry_init::gpt::{self, Partition, Table, SECTOR};
+use ferry_contract::gpt::{self, Partition, Table, SECTOR};
 
 /// Partitions start on 1 MiB boundaries (2048 sectors), like every partitioning tool does today.
 const ALIGN: u64 = 2048;

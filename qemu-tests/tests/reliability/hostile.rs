@@ -4,7 +4,7 @@
 //! appliance reaches "engine ready", the console names the problem, nothing is written outside its place.
 use crate::{add, blank, machine, ssh, Shared, HOSTILE};
 use ferry_builder::qemu::{Bus, Drive};
-use ferry_init::userdata::{dir, file, write, MAGIC};
+use ferry_contract::userdata::{dir, file, write, MAGIC};
 use qemu_tests::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -5,7 +5,7 @@
 use crate::{add, blank, machine, root_sh, Shared, HOSTILE};
 use ferry_builder::machine::Machine;
 use ferry_builder::qemu::Drive;
-use ferry_init::userdata::{file, write, MAGIC};
+use ferry_contract::userdata::{file, write, MAGIC};
 use qemu_tests::*;
 use std::path::Path;
 

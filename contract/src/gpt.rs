@@ -10,6 +10,8 @@ const ENTRY_SIZE: usize = 128;
 pub const ENTRY_SECTORS: u64 = (ENTRIES * ENTRY_SIZE) as u64 / SECTOR;
 /// LBA 0 (protective MBR) + LBA 1 (header) + the entry array.
 pub const PRIMARY_SECTORS: u64 = 2 + ENTRY_SECTORS;
+/// The smallest disk a table fits on: both copies and one usable sector.
+const MIN_SECTORS: u64 = 2 * PRIMARY_SECTORS + 1;
 
 /// Partition type GUIDs, in on-disk (mixed-endian) byte order.
 pub const LINUX_FS: [u8; 16] = guid(0x0FC63DAF, 0x8483, 0x4772, [0x8E, 0x79, 0x3D, 0x69, 0xD8, 0x47, 0x7D, 0xE4]);
@@ -71,19 +73,20 @@ impl Table {
     pub fn first_usable(&self) -> u64 {
         PRIMARY_SECTORS
     }
+    /// Saturating: a table too small for its own headers has no usable sector, and the writers refuse it.
     pub fn last_usable(&self) -> u64 {
-        self.sectors - 1 - ENTRY_SECTORS - 1
+        self.sectors.saturating_sub(ENTRY_SECTORS + 2)
     }
 
     fn entries(&self) -> Result<Vec<u8>> {
         if self.partitions.len() > ENTRIES {
-            return Err(Error::msg(format!("GPT: {} partitions (limit {ENTRIES})", self.partitions.len())));
+            return Err(Error::Layout(format!("{} partitions (limit {ENTRIES})", self.partitions.len())));
         }
         let mut out = vec![0u8; ENTRIES * ENTRY_SIZE];
         for (i, p) in self.partitions.iter().enumerate() {
             if p.first_lba < self.first_usable() || p.last_lba > self.last_usable() || p.last_lba < p.first_lba {
-                return Err(Error::msg(format!(
-                    "GPT: partition {} ({}..{}) outside the usable sectors {}..{}",
+                return Err(Error::Layout(format!(
+                    "partition {} ({}..{}) outside the usable sectors {}..{}",
                     i + 1,
                     p.first_lba,
                     p.last_lba,
@@ -133,7 +136,7 @@ impl Table {
         e[4] = 0xEE;
         e[5..8].copy_from_slice(&[0xFF, 0xFF, 0xFF]);
         e[8..12].copy_from_slice(&1u32.to_le_bytes());
-        e[12..16].copy_from_slice(&((self.sectors - 1).min(0xFFFF_FFFF) as u32).to_le_bytes());
+        e[12..16].copy_from_slice(&(self.sectors.saturating_sub(1).min(0xFFFF_FFFF) as u32).to_le_bytes());
         m[510] = 0x55;
         m[511] = 0xAA;
         m
@@ -141,9 +144,7 @@ impl Table {
 
     /// LBA 1 onwards: primary header then the entry array (`PRIMARY_SECTORS - 1` sectors).
     pub fn primary_header_and_entries(&self) -> Result<Vec<u8>> {
-        if self.sectors < 2 * PRIMARY_SECTORS + 1 {
-            return Err(Error::msg(format!("GPT: a disk of {} sectors is too small for a partition table", self.sectors)));
-        }
+        self.fits()?;
         let entries = self.entries()?;
         let mut out = self.header(1, self.sectors - 1, 2, crc32(&entries));
         out.extend_from_slice(&entries);
@@ -152,44 +153,52 @@ impl Table {
 
     /// The last `ENTRY_SECTORS + 1` sectors: the entry array copy then the backup header.
     pub fn backup(&self) -> Result<Vec<u8>> {
+        self.fits()?;
         let entries = self.entries()?;
-        let entries_lba = self.sectors - 1 - ENTRY_SECTORS;
+        let entries_lba = self.sectors - 1 - ENTRY_SECTORS; // fits() holds
         let mut out = entries.clone();
         out.extend_from_slice(&self.header(self.sectors - 1, 1, entries_lba, crc32(&entries)));
         Ok(out)
     }
 
-    /// Byte offset where `backup()` goes.
+    fn fits(&self) -> Result<()> {
+        if self.sectors < MIN_SECTORS {
+            return Err(Error::Layout(format!("a disk of {} sectors is too small for a partition table", self.sectors)));
+        }
+        Ok(())
+    }
+
+    /// Byte offset where `backup()` goes (saturating: `backup()` refuses a table too small for it).
     pub fn backup_offset(&self) -> u64 {
-        (self.sectors - 1 - ENTRY_SECTORS) * SECTOR
+        self.sectors.saturating_sub(1 + ENTRY_SECTORS).saturating_mul(SECTOR)
     }
 
     /// Parse the primary table from a disk's first `PRIMARY_SECTORS` sectors. Returns the table (with
     /// `sectors` taken from the header's backup location) or an error saying what is wrong.
     pub fn parse_primary(head: &[u8]) -> Result<Table> {
         if head.len() < (PRIMARY_SECTORS * SECTOR) as usize {
-            return Err(Error::msg("GPT: short read"));
+            return Err(Error::NoGpt("short read".into()));
         }
         let h = &head[SECTOR as usize..2 * SECTOR as usize];
         if &h[0..8] != b"EFI PART" {
-            return Err(Error::msg("GPT: no EFI PART signature at LBA 1"));
+            return Err(Error::NoGpt("no EFI PART signature at LBA 1".into()));
         }
         let hsize = u32_at(h, 12) as usize;
         if !(92..=SECTOR as usize).contains(&hsize) {
-            return Err(Error::msg(format!("GPT: header size {hsize}")));
+            return Err(Error::DamagedGpt(format!("header size {hsize}")));
         }
         let mut hc = h[..hsize].to_vec();
         hc[16..20].fill(0);
         if crc32(&hc) != u32_at(h, 16) {
-            return Err(Error::msg("GPT: header checksum mismatch"));
+            return Err(Error::DamagedGpt("header checksum mismatch".into()));
         }
         let (count, esize) = (u32_at(h, 80) as usize, u32_at(h, 84) as usize);
         if u64_at(h, 72) != 2 || count != ENTRIES || esize != ENTRY_SIZE {
-            return Err(Error::msg(format!("GPT: unsupported entry array ({count} × {esize} at LBA {})", u64_at(h, 72))));
+            return Err(Error::DamagedGpt(format!("unsupported entry array ({count} × {esize} at LBA {})", u64_at(h, 72))));
         }
         let entries = &head[2 * SECTOR as usize..(2 * SECTOR as usize + ENTRIES * ENTRY_SIZE)];
         if crc32(entries) != u32_at(h, 88) {
-            return Err(Error::msg("GPT: entry array checksum mismatch"));
+            return Err(Error::DamagedGpt("entry array checksum mismatch".into()));
         }
         let mut disk_guid = [0u8; 16];
         disk_guid.copy_from_slice(&h[56..72]);
@@ -211,7 +220,13 @@ impl Table {
                 name: String::from_utf16_lossy(&units),
             });
         }
-        Ok(Table { disk_guid, sectors: u64_at(h, 32) + 1, partitions })
+        // The backup header's LBA gives the disk size the table was made for; it comes from the disk, so
+        // it is checked before any arithmetic is done with it.
+        let sectors = u64_at(h, 32)
+            .checked_add(1)
+            .filter(|s| *s >= MIN_SECTORS && s.checked_mul(SECTOR).is_some())
+            .ok_or_else(|| Error::DamagedGpt(format!("backup header at LBA {}: not the end of a disk", u64_at(h, 32))))?;
+        Ok(Table { disk_guid, sectors, partitions })
     }
 }
 
@@ -265,5 +280,32 @@ mod tests {
         over.partitions[0].last_lba = over.sectors;
         assert!(over.backup().is_err());
         assert!(sample(40).primary_header_and_entries().is_err());
+    }
+
+    #[test]
+    fn kinds_say_what_to_do_and_sizes_from_the_disk_are_checked() {
+        let t = sample(1 << 16);
+        let mut head = t.protective_mbr(&[]);
+        head.extend(t.primary_header_and_entries().unwrap());
+        assert!(matches!(Table::parse_primary(&head[..1024]), Err(Error::NoGpt(_))));
+        assert!(matches!(Table::parse_primary(&vec![0u8; head.len()]), Err(Error::NoGpt(_))));
+        let mut bad = head.clone();
+        bad[512 + 40] ^= 1;
+        assert!(matches!(Table::parse_primary(&bad), Err(Error::DamagedGpt(_))));
+        // A backup LBA of u64::MAX or 0, with valid checksums: refused, no overflow.
+        for alt in [u64::MAX, 0, 10] {
+            let mut h = head.clone();
+            h[512 + 32..512 + 40].copy_from_slice(&alt.to_le_bytes());
+            h[512 + 16..512 + 20].fill(0);
+            let crc = crc32(&h[512..512 + 92]);
+            h[512 + 16..512 + 20].copy_from_slice(&crc.to_le_bytes());
+            let e = Table::parse_primary(&h).unwrap_err();
+            assert!(matches!(e, Error::DamagedGpt(_)), "{alt}: {e}");
+        }
+        let tiny = Table { disk_guid: [0; 16], sectors: 1, partitions: vec![] };
+        assert_eq!(tiny.last_usable(), 0);
+        assert_eq!(tiny.backup_offset(), 0);
+        assert!(matches!(tiny.backup(), Err(Error::Layout(_))));
+        assert_eq!(tiny.protective_mbr(&[]).len(), 512);
     }
 }

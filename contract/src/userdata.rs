@@ -27,7 +27,7 @@ fn octal(field: &[u8], what: &str, path: &str) -> Result<u64> {
     if s.is_empty() {
         return Ok(0);
     }
-    u64::from_str_radix(s, 8).map_err(|_| Error::msg(format!("userdata.tar: bad {what} field {s:?} for {path:?}")))
+    u64::from_str_radix(s, 8).map_err(|_| Error::MalformedUserdata(format!("bad {what} field {s:?} for {path:?}")))
 }
 
 fn cstr_field(f: &[u8]) -> String {
@@ -38,7 +38,7 @@ fn cstr_field(f: &[u8]) -> String {
 pub fn clean_path(raw: &str) -> Result<String> {
     let p = raw.trim_start_matches("./").trim_end_matches('/');
     if raw.starts_with('/') || p.split('/').any(|c| c == ".." || c.is_empty() && !p.is_empty()) {
-        return Err(Error::msg(format!("userdata.tar: refusing unsafe path {raw:?}")));
+        return Err(Error::RefusedUserdata(format!("refusing unsafe path {raw:?}")));
     }
     Ok(p.to_string())
 }
@@ -53,14 +53,14 @@ fn text_checked<'a>(path: &str, body: &'a [u8]) -> Result<&'a [u8]> {
         return Ok(body);
     };
     if body[first..].iter().all(|&b| b == 0) {
-        return Err(Error::msg(format!(
-            "userdata.tar: {path:?} is truncated (its last {} of {} bytes are NUL: the archive was cut short; write it again)",
+        return Err(Error::MalformedUserdata(format!(
+            "{path:?} is truncated (its last {} of {} bytes are NUL: the archive was cut short; write it again)",
             body.len() - first,
             body.len()
         )));
     }
-    Err(Error::msg(format!(
-        "userdata.tar: {path:?} is truncated or damaged: NUL bytes from byte {first} of {} (a key or certificate is text; write the archive again)",
+    Err(Error::MalformedUserdata(format!(
+        "{path:?} is truncated or damaged: NUL bytes from byte {first} of {} (a key or certificate is text; write the archive again)",
         body.len()
     )))
 }
@@ -83,12 +83,13 @@ pub fn parse(data: &[u8]) -> Result<Vec<Entry>> {
         let sum = octal(&h[148..156], "checksum", &full).ok();
         let calc: u64 = h.iter().enumerate().map(|(i, &b)| if (148..156).contains(&i) { 32 } else { b as u64 }).sum();
         if sum != Some(calc) {
-            return Err(Error::msg(format!("userdata.tar: header checksum mismatch at byte {off} (not a tar archive?)")));
+            return Err(Error::MalformedUserdata(format!("header checksum mismatch at byte {off} (not a tar archive?)")));
         }
         let mode = octal(&h[100..108], "mode", &full)? as u32 & 0o7777;
         let size = octal(&h[124..136], "size", &full)? as usize;
+        // Checked before any sum: offsets stay within MAX_SIZE + 1 KiB, far from overflowing.
         if size > MAX_SIZE {
-            return Err(Error::msg(format!("userdata.tar: {full:?} claims {size} bytes (limit {MAX_SIZE})")));
+            return Err(Error::RefusedUserdata(format!("{full:?} claims {size} bytes (limit {MAX_SIZE})")));
         }
         let typ = h[156];
         let body = off + 512;
@@ -96,20 +97,20 @@ pub fn parse(data: &[u8]) -> Result<Vec<Entry>> {
         let next = body + size.div_ceil(512) * 512;
         match typ {
             b'0' | 0 | b'5' => {}
-            b'1' | b'2' => return Err(Error::msg(format!("userdata.tar: refusing link {full:?}"))),
-            b'3' | b'4' | b'6' => return Err(Error::msg(format!("userdata.tar: refusing device or fifo {full:?}"))),
+            b'1' | b'2' => return Err(Error::RefusedUserdata(format!("refusing link {full:?}"))),
+            b'3' | b'4' | b'6' => return Err(Error::RefusedUserdata(format!("refusing device or fifo {full:?}"))),
             b'x' | b'g' | b'L' | b'K' => {
                 off = next;
                 continue;
             }
-            t => return Err(Error::msg(format!("userdata.tar: unsupported entry type {:?} for {full:?}", t as char))),
+            t => return Err(Error::RefusedUserdata(format!("unsupported entry type {:?} for {full:?}", t as char))),
         }
         let path = clean_path(&full)?;
         if end > data.len() {
             if data.len() == LEGACY_TRUNCATED {
                 return Ok(out);
             }
-            return Err(Error::msg(format!("userdata.tar: {full:?} is truncated ({} of {size} bytes)", data.len() - body)));
+            return Err(Error::MalformedUserdata(format!("{full:?} is truncated ({} of {size} bytes)", data.len() - body)));
         }
         if path.is_empty() {
             off = next;
@@ -122,7 +123,7 @@ pub fn parse(data: &[u8]) -> Result<Vec<Entry>> {
     if data.len() == LEGACY_TRUNCATED || off == data.len() {
         return Ok(out);
     }
-    Err(Error::msg("userdata.tar: ends without an end-of-archive marker"))
+    Err(Error::MalformedUserdata("ends without an end-of-archive marker".into()))
 }
 
 fn put_octal(field: &mut [u8], v: u64) {
