@@ -1,7 +1,7 @@
 //! Reproducible on any machine: the committed HEAD, cloned to two checkouts at different paths and built
 //! by `./ferry build` with two different cargo homes, gives bit-identical guest binaries and images; and
 //! no binary names the cargo home it was built with. Not part of `./ferry test` (two whole builds, about
-//! 20 minutes on 2 cores); run it with `cargo test --release -p qemu-tests --test reproducible`.
+//! 7 minutes on 2 cores with warm caches); run it with `cargo test --release -p qemu-tests --test reproducible`.
 use qemu_tests::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
