@@ -64,7 +64,10 @@ pub fn run_bootsync(dir: &str, log_dir: &str, limit: Duration) -> Result<String>
                 return Ok(if st.exit_status() == Some(0) {
                     format!("{BOOTSYNC} finished in {secs:.2}s (output in {log_path})")
                 } else {
-                    log::warn(&format!("{dir}/{BOOTSYNC} failed ({}) after {secs:.2}s; see {log_path}; booting on", describe(st.as_raw())));
+                    log::warn(&format!(
+                        "{dir}/{BOOTSYNC} failed ({}) after {secs:.2}s; see {log_path}; booting on",
+                        crate::services::describe(st.as_raw())
+                    ));
                     format!("{BOOTSYNC} failed")
                 });
             }
@@ -78,14 +81,6 @@ pub fn run_bootsync(dir: &str, log_dir: &str, limit: Duration) -> Result<String>
         limit.as_secs()
     ));
     Ok(format!("{BOOTSYNC} timed out"))
-}
-
-fn describe(st: i32) -> String {
-    if libc::WIFEXITED(st) {
-        format!("exit status {}", libc::WEXITSTATUS(st))
-    } else {
-        format!("killed by signal {}", libc::WTERMSIG(st))
-    }
 }
 
 /// Does dockerd answer `GET /_ping` on its socket?
