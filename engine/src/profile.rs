@@ -53,7 +53,7 @@ const BOOL_SHORT: &[char] = &['D', 'v', 'h'];
 
 /// If `word` is (or bundles) a flag the engine manager owns, whether its value is the next word.
 /// Every spelling dockerd's flag parser accepts counts: `-H x`, `-Hx`, `-H=x`, `-DH x`, `--host x`, `--host=x`.
-fn owned(word: &str) -> Option<bool> {
+pub fn owned(word: &str) -> Option<bool> {
     if let Some(long) = word.strip_prefix("--") {
         let (name, inline) = match long.split_once('=') {
             Some((n, _)) => (n, true),

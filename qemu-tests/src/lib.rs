@@ -80,6 +80,87 @@ impl Report {
     }
 }
 
+/// A suite's named cases: groups of checks that share their boots. `cargo test -p qemu-tests --test disk
+/// -- growth` runs the cases whose name contains `growth` (several words: any of them; `--exact`: whole
+/// names); `-- --list` prints them. The flags cargo and libtest pass through (`--nocapture`,
+/// `--test-threads N`, `-q`, `--color X`, ...) are accepted and ignored: the checks print as they run.
+pub struct Cases {
+    suite: &'static str,
+    names: &'static [&'static str],
+    filters: Vec<String>,
+    exact: bool,
+}
+
+/// libtest's flags that take a value, so the value is not read as a filter.
+const LIBTEST_VALUED: &[&str] = &["--test-threads", "--color", "--format", "--skip", "--logfile", "-Z", "--shuffle-seed", "--report-time"];
+
+impl Cases {
+    /// Read the command line; `--list` prints the cases and exits, and a filter that names no case is an
+    /// error that lists them (a typo never passes as "0 checks, nothing failed").
+    pub fn from_args(suite: &'static str, names: &'static [&'static str]) -> Cases {
+        Cases::parse(suite, names, std::env::args().skip(1)).unwrap_or_else(|(code, text)| {
+            if code == 0 {
+                print!("{text}");
+            } else {
+                eprint!("{text}");
+            }
+            std::process::exit(code)
+        })
+    }
+
+    /// As `from_args`, without exiting: Err((exit code, text to print)).
+    pub fn parse(
+        suite: &'static str,
+        names: &'static [&'static str],
+        args: impl IntoIterator<Item = String>,
+    ) -> Result<Cases, (i32, String)> {
+        let mut c = Cases { suite, names, filters: vec![], exact: false };
+        let mut list = false;
+        let mut args = args.into_iter();
+        while let Some(a) = args.next() {
+            match a.as_str() {
+                "--list" => list = true,
+                "--exact" => c.exact = true,
+                v if LIBTEST_VALUED.contains(&v) => {
+                    args.next();
+                }
+                v if v.starts_with('-') => {}
+                _ => c.filters.push(a),
+            }
+        }
+        if list {
+            let text: String = names.iter().filter(|n| c.wants(n)).map(|n| format!("{n}: test\n")).collect();
+            return Err((0, text));
+        }
+        if let Some(f) = c.filters.iter().find(|f| !names.iter().any(|n| if c.exact { n == f } else { n.contains(f.as_str()) })) {
+            return Err((2, format!("{suite}: no case matches {f:?}; the cases are: {}\n", names.join(", "))));
+        }
+        Ok(c)
+    }
+
+    pub fn wants(&self, name: &str) -> bool {
+        self.filters.is_empty() || self.filters.iter().any(|f| if self.exact { name == f } else { name.contains(f.as_str()) })
+    }
+
+    /// Run case `name` (one of the suite's names) if this run asks for it.
+    pub fn run(&self, name: &str, f: impl FnOnce()) {
+        debug_assert!(self.names.contains(&name), "{name} is not one of the {} suite's cases", self.suite);
+        if self.wants(name) {
+            println!("== {}: case {name}", self.suite);
+            f();
+        }
+    }
+
+    /// The suite's summary, naming the cases that ran when a filter left some out.
+    pub fn finish(&self, r: Report) -> ! {
+        if !self.filters.is_empty() {
+            let ran: Vec<&str> = self.names.iter().filter(|n| self.wants(n)).copied().collect();
+            println!("{}: ran the cases {} (of {})", self.suite, ran.join(", "), self.names.len());
+        }
+        r.finish(self.suite)
+    }
+}
+
 pub fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
@@ -348,6 +429,29 @@ pub fn sha256_file(p: &Path) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    const NAMES: &[&str] = &["userdata-bytes", "provision-reboot-growth", "power-cuts", "foreign-disks"];
+
+    fn parse(args: &[&str]) -> Result<super::Cases, (i32, String)> {
+        super::Cases::parse("disk", NAMES, args.iter().map(|a| a.to_string()))
+    }
+
+    #[test]
+    fn cases_filter_list_and_refuse_unknown_names() {
+        let all = parse(&["--nocapture", "--test-threads", "1"]).unwrap();
+        assert!(NAMES.iter().all(|n| all.wants(n)), "no filter: every case");
+        let g = parse(&["growth", "-q"]).unwrap();
+        assert!(g.wants("provision-reboot-growth") && !g.wants("power-cuts"));
+        let two = parse(&["cuts", "foreign"]).unwrap();
+        assert_eq!(NAMES.iter().filter(|n| two.wants(n)).count(), 2);
+        assert!(parse(&["--exact", "growth"]).is_err(), "--exact wants a whole name");
+        assert!(parse(&["--exact", "power-cuts"]).unwrap().wants("power-cuts"));
+        let (code, text) = parse(&["grwoth"]).err().unwrap();
+        assert!(code == 2 && text.contains("no case matches \"grwoth\"") && text.contains("power-cuts"), "{text}");
+        let (code, text) = parse(&["--list", "disks"]).err().unwrap();
+        assert_eq!((code, text.as_str()), (0, "foreign-disks: test\n"));
+        assert!(parse(&["--test-threads", "growth"]).unwrap().wants("power-cuts"), "a flag's value is not a filter");
+    }
+
     use super::*;
 
     /// A timeout ends what the command started too: a grandchild holding the output pipe used to hang run().

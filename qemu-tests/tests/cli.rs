@@ -134,6 +134,7 @@ fn help_never_acts(home: &Path, cwd: &Path) -> Result<String, String> {
 
 fn main() {
     isolate_guests();
+    let cases = Cases::from_args("cli", &["no-machine", "machine"]);
     let mut r = Report::default();
     println!("cli: the host CLI under QEMU, ferry = {}", ferry_bin().display());
     let base = std::env::temp_dir().join(format!("ferry-cli-{}", std::process::id()));
@@ -143,14 +144,23 @@ fn main() {
     let _ = std::fs::create_dir_all(&cwd);
     let _guard = KillGuard { home: home.clone() };
 
-    r.check("--help and -h on every command, with no machine: usage, nothing created", help_never_acts(&home, &cwd));
+    cases.run("no-machine", || no_machine(&mut r, &base, &home, &cwd));
+    cases.run("machine", || with_machine(&mut r, &home, &cwd));
+    let _ = std::fs::remove_dir_all(&base);
+    cases.finish(r);
+}
+
+/// What needs no machine: help, usage errors, version, completions, relative paths, an empty ls, a copy
+/// of ferry outside the checkout.
+fn no_machine(r: &mut Report, base: &Path, home: &Path, cwd: &Path) {
+    r.check("--help and -h on every command, with no machine: usage, nothing created", help_never_acts(home, cwd));
     r.check("unknown flags and missing values exit 2 with the usage line; nothing created", {
         let cases: [&[&str]; 4] = [&["up", "--bogus"], &["up", "--cpus"], &["rm", "--bogus", "x"], &["nosuchcommand"]];
         cases
             .iter()
             .map(|args| {
-                let (code, out, err) = ferry_in(&home, &cwd, args);
-                if code == 2 && err.contains("Usage: ferry") && machines(&home).is_empty() {
+                let (code, out, err) = ferry_in(home, cwd, args);
+                if code == 2 && err.contains("Usage: ferry") && machines(home).is_empty() {
                     Ok(String::new())
                 } else {
                     Err(format!("ferry {}: exit {code}: {out}{err}", args.join(" ")))
@@ -160,7 +170,7 @@ fn main() {
             .map(|_| String::new())
     });
     r.check("--version names Ferry's version and the image's Docker version", {
-        let (code, out, err) = ferry_in(&home, &cwd, &["--version"]);
+        let (code, out, err) = ferry_in(home, cwd, &["--version"]);
         if code == 0 && out.contains("ferry 0.") && out.contains("docker 26.") {
             Ok(String::new())
         } else {
@@ -171,7 +181,7 @@ fn main() {
         ["bash", "zsh", "fish"]
             .iter()
             .map(|sh| {
-                let (code, out, _) = ferry_in(&home, &cwd, &["completion", sh]);
+                let (code, out, _) = ferry_in(home, cwd, &["completion", sh]);
                 if code == 0 && out.contains("ferry") && out.contains("disk") && out.contains("completion") {
                     Ok(())
                 } else {
@@ -183,7 +193,7 @@ fn main() {
     });
     r.check("disk create with relative PATH and --ssh-key: both from the user's directory", {
         let _ = std::fs::write(cwd.join("k.pub"), "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPi3 rel@test\n");
-        let (code, out, err) = ferry_in(&home, &cwd, &["disk", "create", "rel.img", "--size", "1G", "--ssh-key", "k.pub"]);
+        let (code, out, err) = ferry_in(home, cwd, &["disk", "create", "rel.img", "--size", "1G", "--ssh-key", "k.pub"]);
         let head = std::fs::read(cwd.join("rel.img")).map(|b| b[..512].to_vec()).unwrap_or_default();
         if code == 0 && head.starts_with(b"boot2docker, please format-me") {
             Ok(String::new())
@@ -193,12 +203,12 @@ fn main() {
     });
     r.check(
         "./ferry on a host it cannot serve (not x86_64, no apt, no cargo, old Rust): stops at once and says what to get",
-        host_checks(&base),
+        host_checks(base),
     );
     r.check("ls with no machine: the header only; rm and env of a machine that does not exist fail", {
-        let (code, out, _) = ferry_in(&home, &cwd, &["ls"]);
-        let (rm, _, rm_err) = ferry_in(&home, &cwd, &["rm", "-y", "nosuch"]);
-        let (env, _, _) = ferry_in(&home, &cwd, &["env", "nosuch"]);
+        let (code, out, _) = ferry_in(home, cwd, &["ls"]);
+        let (rm, _, rm_err) = ferry_in(home, cwd, &["rm", "-y", "nosuch"]);
+        let (env, _, _) = ferry_in(home, cwd, &["env", "nosuch"]);
         if code == 0 && out == ferry_builder::status::table(&[]) && rm == 1 && env == 1 && rm_err.contains("no machine named nosuch") {
             Ok(String::new())
         } else {
@@ -219,7 +229,7 @@ fn main() {
             }
             let copy = |args: &[&str]| {
                 let mut c = Command::new(&bin);
-                c.args(args).current_dir(&base).env("HOME", &xhome);
+                c.args(args).current_dir(base).env("HOME", &xhome);
                 for v in ["FERRY_OUT", "FERRY_HOME", "FERRY_REPO", "FERRY_CWD", "FERRY_CACHE", "XDG_DATA_HOME", "XDG_CACHE_HOME"] {
                     c.env_remove(v);
                 }
@@ -238,13 +248,17 @@ fn main() {
             Ok(format!("up to date in {:.1}s", t.elapsed().as_secs_f64()))
         })()
     });
+}
 
+/// One machine, two boots: the docker context, ls formats, rm's and up's refusals while it runs, new
+/// resources on the existing machine, logs and rm.
+fn with_machine(r: &mut Report, home: &Path, cwd: &Path) {
     // Boot 1: a new machine with defaults and a small disk.
-    let up = ferry(&home, &["up", NAME, "--disk-size", "2G"], 40 * MIN);
+    let up = ferry(home, &["up", NAME, "--disk-size", "2G"], 40 * MIN);
     if !r.check("ferry up cli --disk-size 2G", up.as_ref().map(|_| String::new()).map_err(|e| e.clone())) {
-        r.finish("cli");
+        std::mem::take(r).finish("cli");
     }
-    let ssh = |cmd: &str| ferry(&home, &["ssh", NAME, "--", cmd], 2 * MIN);
+    let ssh = |cmd: &str| ferry(home, &["ssh", NAME, "--", cmd], 2 * MIN);
     r.check("docker --context ferry-cli version works with no DOCKER_* variables", {
         let o = run(
             Command::new("docker")
@@ -258,9 +272,9 @@ fn main() {
         contains(o, "26.")
     });
     r.check("ls: the running machine with its engine version; --format json parses; -q names it", {
-        let (_, table, _) = ferry_in(&home, &cwd, &["ls"]);
-        let (_, json, _) = ferry_in(&home, &cwd, &["ls", "--format", "json"]);
-        let (_, names, _) = ferry_in(&home, &cwd, &["ls", "-q"]);
+        let (_, table, _) = ferry_in(home, cwd, &["ls"]);
+        let (_, json, _) = ferry_in(home, cwd, &["ls", "--format", "json"]);
+        let (_, names, _) = ferry_in(home, cwd, &["ls", "-q"]);
         let row = table.lines().find(|l| l.starts_with("cli ")).unwrap_or_default().to_string();
         let v: serde_json::Value = serde_json::from_str(json.lines().next().unwrap_or("")).unwrap_or_default();
         if row.contains("running")
@@ -277,11 +291,11 @@ fn main() {
             Err(format!("table {table:?}; json {json:?}; names {names:?}"))
         }
     });
-    r.check("--help on rm, stop and up never act on the running machine", help_never_acts(&home, &cwd));
+    r.check("--help on rm, stop and up never act on the running machine", help_never_acts(home, cwd));
     r.check("rm refuses a running machine without -f; up --cpus on a running machine is refused", {
-        let (rm, _, rm_err) = ferry_in(&home, &cwd, &["rm", "-y", NAME]);
-        let (upc, _, up_err) = ferry_in(&home, &cwd, &["up", NAME, "--cpus", "1"]);
-        if rm == 1 && rm_err.contains("is running") && upc == 1 && up_err.contains("ferry stop cli first") && machines(&home) == ["cli"] {
+        let (rm, _, rm_err) = ferry_in(home, cwd, &["rm", "-y", NAME]);
+        let (upc, _, up_err) = ferry_in(home, cwd, &["up", NAME, "--cpus", "1"]);
+        if rm == 1 && rm_err.contains("is running") && upc == 1 && up_err.contains("ferry stop cli first") && machines(home) == ["cli"] {
             Ok(String::new())
         } else {
             Err(format!("rm exit {rm}: {rm_err}; up exit {upc}: {up_err}"))
@@ -293,8 +307,8 @@ fn main() {
     };
     let before = disk_kib().unwrap_or(0);
     r.check("stop; ls says stopped", {
-        ferry(&home, &["stop", NAME], 3 * MIN).and_then(|_| {
-            let (_, t, _) = ferry_in(&home, &cwd, &["ls"]);
+        ferry(home, &["stop", NAME], 3 * MIN).and_then(|_| {
+            let (_, t, _) = ferry_in(home, cwd, &["ls"]);
             if t.lines().any(|l| l.starts_with("cli ") && l.contains("stopped")) {
                 Ok(String::new())
             } else {
@@ -303,8 +317,8 @@ fn main() {
         })
     });
     r.check("a smaller --disk-size is refused and nothing boots", {
-        let (code, _, err) = ferry_in(&home, &cwd, &["up", NAME, "--disk-size", "1G"]);
-        let (_, t, _) = ferry_in(&home, &cwd, &["ls"]);
+        let (code, _, err) = ferry_in(home, cwd, &["up", NAME, "--disk-size", "1G"]);
+        let (_, t, _) = ferry_in(home, cwd, &["ls"]);
         if code == 1 && err.contains("never shrunk") && t.contains("stopped") {
             Ok(String::new())
         } else {
@@ -314,7 +328,7 @@ fn main() {
 
     // Boot 2: the same machine with 1 CPU, 1536 MiB and a 3 GiB disk.
     r.check("up --cpus 1 --memory 1536M --disk-size 3G on the existing machine: seen inside the guest", {
-        ferry(&home, &["up", NAME, "--cpus", "1", "--memory", "1536M", "--disk-size", "3G"], 40 * MIN).and_then(|_| {
+        ferry(home, &["up", NAME, "--cpus", "1", "--memory", "1536M", "--disk-size", "3G"], 40 * MIN).and_then(|_| {
             let o = ssh("nproc; grep MemTotal /proc/meminfo")?;
             let mut l = o.lines();
             let cpus = l.next().unwrap_or("").trim().to_string();
@@ -329,19 +343,17 @@ fn main() {
         })
     });
     r.check("logs -f of a stopped machine prints the console and ends", {
-        ferry(&home, &["stop", NAME], 3 * MIN)
-            .and_then(|_| run(Command::new(ferry_bin()).args(["logs", NAME, "-f"]).env("FERRY_HOME", &home), None, MIN))
+        ferry(home, &["stop", NAME], 3 * MIN)
+            .and_then(|_| run(Command::new(ferry_bin()).args(["logs", NAME, "-f"]).env("FERRY_HOME", home), None, MIN))
             .and_then(|o| if o.contains("engine ready") { Ok(String::new()) } else { Err(o) })
     });
     r.check("rm -y removes the stopped machine and its docker context", {
-        let (code, _, err) = ferry_in(&home, &cwd, &["rm", "-y", NAME]);
+        let (code, _, err) = ferry_in(home, cwd, &["rm", "-y", NAME]);
         let ctx = Command::new("docker").args(["context", "inspect", "ferry-cli"]).output().map(|o| o.status.success()).unwrap_or(true);
-        if code == 0 && machines(&home).is_empty() && !ctx && err.contains("docker context ferry-cli removed") {
+        if code == 0 && machines(home).is_empty() && !ctx && err.contains("docker context ferry-cli removed") {
             Ok(String::new())
         } else {
             Err(format!("exit {code}: {err}; context still there: {ctx}"))
         }
     });
-    let _ = std::fs::remove_dir_all(&base);
-    r.finish("cli");
 }

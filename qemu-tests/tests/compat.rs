@@ -25,6 +25,7 @@ const BOOTLOCAL: &str =
 
 fn main() {
     isolate_guests();
+    let cases = Cases::from_args("compat", &["boot2docker-disk", "dhcp-leases"]);
     let mut r = Report::default();
     println!("compat: boot2docker compatibility under QEMU ({}), ferry = {}", ferry_builder::qemu::accel(), ferry_bin().display());
     let home = std::env::temp_dir().join(format!("ferry-compat-{}", std::process::id()));
@@ -33,10 +34,10 @@ fn main() {
     std::env::set_var("FERRY_HOME", &home);
     let _guard = KillGuard { home: home.clone() };
 
-    boot2docker_disk(&mut r, &home);
-    dhcp_leases(&mut r, &home);
+    cases.run("boot2docker-disk", || boot2docker_disk(&mut r, &home));
+    cases.run("dhcp-leases", || dhcp_leases(&mut r, &home));
     let _ = std::fs::remove_dir_all(&home);
-    r.finish("compat");
+    cases.finish(r);
 }
 
 fn ssh(home: &Path, name: &str, cmd: &str) -> Result<String, String> {

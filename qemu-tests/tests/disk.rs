@@ -17,6 +17,7 @@ const APPEND: &str = "console=ttyS0,115200 quiet panic=-1";
 
 fn main() {
     isolate_guests();
+    let cases = Cases::from_args("disk", &["userdata-bytes", "provision-reboot-growth", "power-cuts", "foreign-disks"]);
     let mut r = Report::default();
     println!("disk: Ferry's data disk under QEMU ({}), ferry = {}", ferry_builder::qemu::accel(), ferry_bin().display());
     let home = std::env::temp_dir().join(format!("ferry-disk-{}", std::process::id()));
@@ -25,12 +26,12 @@ fn main() {
     std::env::set_var("FERRY_HOME", &home);
     let _guard = KillGuard { home: home.clone() };
 
-    docker_machine_bytes(&mut r, &home);
-    provisioner_and_reboot(&mut r, &home);
-    power_cuts(&mut r, &home);
-    foreign_disks(&mut r, &home);
+    cases.run("userdata-bytes", || docker_machine_bytes(&mut r, &home));
+    cases.run("provision-reboot-growth", || provisioner_and_reboot(&mut r, &home));
+    cases.run("power-cuts", || power_cuts(&mut r, &home));
+    cases.run("foreign-disks", || foreign_disks(&mut r, &home));
     let _ = std::fs::remove_dir_all(&home);
-    r.finish("disk");
+    cases.finish(r);
 }
 
 fn ssh(home: &Path, name: &str, cmd: &str) -> Result<String, String> {

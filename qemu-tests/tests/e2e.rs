@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 fn main() {
     isolate_guests();
+    let cases = Cases::from_args("e2e", &["normal-boot", "bad-tls", "garbage-userdata"]);
     let mut r = Report::default();
     println!("e2e: Ferry under QEMU ({}), ferry = {}", ferry_builder::qemu::accel(), ferry_bin().display());
     if !ferry_bin().is_file() {
@@ -18,8 +19,18 @@ fn main() {
     let _ = std::fs::remove_dir_all(&home);
     let _guard = KillGuard { home: home.clone() };
 
+    cases.run("normal-boot", || normal_boot(&mut r, &home));
+    cases.run("bad-tls", || bad_tls_boot(&mut r, &home));
+    cases.run("garbage-userdata", || garbage_userdata_boot(&mut r, &home));
+    let _ = std::fs::remove_dir_all(&home);
+    cases.finish(r);
+}
+
+/// Boot 1, the normal path: `ferry up`, the docker CLI through the front door, refusals there, the
+/// guest over ssh, the engine's status during a restart, and an ACPI shutdown during one.
+fn normal_boot(r: &mut Report, home: &Path) {
     // Boot 1: the normal path.
-    let up = ferry(&home, &["up", "e2e"], 40 * MIN);
+    let up = ferry(home, &["up", "e2e"], 40 * MIN);
     let env = up.as_ref().ok().and_then(|o| DockerEnv::parse(o));
     if !r.check(
         "ferry up boots and prints DOCKER_* exports",
@@ -27,7 +38,7 @@ fn main() {
     ) {
         let console = std::fs::read_to_string(home.join("machines/e2e/console.log")).unwrap_or_default();
         println!("--- console ---\n{console}\n---");
-        r.finish("e2e");
+        std::mem::take(r).finish("e2e");
     }
     let env = env.unwrap_or_default();
     let console = |name: &str| std::fs::read_to_string(home.join("machines").join(name).join("console.log")).unwrap_or_default();
@@ -211,7 +222,7 @@ fn main() {
     );
 
     // Inside, over ssh with the machine's key.
-    let ssh = |cmd: &str| ferry(&home, &["ssh", "e2e", "--", cmd], 2 * MIN);
+    let ssh = |cmd: &str| ferry(home, &["ssh", "e2e", "--", cmd], 2 * MIN);
     r.check(
         "ssh docker@ with the machine key; /etc/os-release says ID=boot2docker",
         contains(ssh("cat /etc/os-release"), "ID=boot2docker"),
@@ -316,7 +327,7 @@ sudo sh /tmp/status-loop.sh";
     );
     let restarting = ssh("sudo sh -c '/etc/init.d/docker restart >/dev/null 2>&1 &'; sleep 1; sudo /etc/init.d/docker status || true");
     let t = Instant::now();
-    let stop = ferry(&home, &["stop", "e2e"], 3 * MIN);
+    let stop = ferry(home, &["stop", "e2e"], 3 * MIN);
     let took = t.elapsed();
     r.check(
         "ACPI power-down during a docker restart: the container gets SIGTERM, the machine is off within 30 s",
@@ -337,11 +348,6 @@ sudo sh /tmp/status-loop.sh";
             _ => Err(format!("console tail: {}", c.lines().rev().take(15).collect::<Vec<_>>().join(" | "))),
         }
     });
-
-    bad_tls_boot(&mut r, &home);
-    garbage_userdata_boot(&mut r, &home);
-    let _ = std::fs::remove_dir_all(&home);
-    r.finish("e2e");
 }
 
 /// Boot a machine whose fw_cfg userdata is `make(public ssh key)`; wait for "engine ready" on its console.

@@ -16,6 +16,7 @@ const HOST_UID: u32 = 1000;
 
 fn main() {
     isolate_guests();
+    let cases = Cases::from_args("host", &["accel", "shares-ports-clock", "rtc"]);
     let mut r = Report::default();
     println!("host: host integration under QEMU, ferry = {}", ferry_bin().display());
     let base = std::env::temp_dir().join(format!("ferry-host-{}", std::process::id()));
@@ -23,7 +24,7 @@ fn main() {
     let fhome = base.join("ferry-home");
     let _guard = KillGuard { home: fhome.clone() };
 
-    accel_checks(&mut r, &base);
+    cases.run("accel", || accel_checks(&mut r, &base));
 
     let sntp = match SntpServer::start() {
         Ok(s) => Some(s),
@@ -32,11 +33,21 @@ fn main() {
             None
         }
     };
+    cases.run("shares-ports-clock", || shares_ports_clock(&mut r, &base, &fhome, sntp.as_ref()));
+    cases.run("rtc", || rtc_boot(&mut r, &fhome));
+    drop(sntp);
+    let _ = std::fs::remove_dir_all(&base);
+    cases.finish(r);
+}
+
+/// Boot 1 and its restart: shares (the home and a read-only extra), published ports, SNTP at boot, the
+/// clock after a pause, remembered shares.
+fn shares_ports_clock(r: &mut Report, base: &Path, fhome: &Path, sntp: Option<&SntpServer>) {
     let user = match host_user() {
         Ok(u) => u,
         Err(e) => {
             r.check("a host user with uid 1000 for the shares", Err(e));
-            r.finish("host");
+            std::mem::take(r).finish("host")
         }
     };
     // The user's home (shared by default) and a second folder shared read-only, both the host user's.
@@ -48,16 +59,16 @@ fn main() {
         std::fs::write(home.join("project/hello.txt"), "hello from the host\n").map_err(|e| e.to_string())?;
         std::fs::write(extra.join("data.txt"), "read-only data\n").map_err(|e| e.to_string())?;
         run(Command::new("chown").args(["-R", &format!("{HOST_UID}:{HOST_UID}")]).arg(base.join("home")).arg(&extra), None, MIN)?;
-        run(Command::new("chmod").args(["755"]).arg(&base).arg(base.join("home")), None, MIN).map(|_| ())
+        run(Command::new("chmod").args(["755"]).arg(base).arg(base.join("home")), None, MIN).map(|_| ())
     })();
     if let Err(e) = setup {
         r.check("test folders", Err(e));
-        r.finish("host");
+        std::mem::take(r).finish("host")
     }
 
     // Refusals that need no boot.
     r.check("--share of a folder that does not exist: a clear error, nothing created", {
-        let o = ferry_as(&fhome, &home, &["up", "nosuch", "--share", "/nonexistent/dir"], MIN, &[]);
+        let o = ferry_as(fhome, &home, &["up", "nosuch", "--share", "/nonexistent/dir"], MIN, &[]);
         match o {
             Ok(o) => Err(format!("succeeded: {o}")),
             Err(e) if e.contains("/nonexistent/dir") && e.contains("HOST_DIR") && !fhome.join("machines/nosuch").exists() => {
@@ -67,7 +78,7 @@ fn main() {
         }
     });
     r.check("--share onto a system directory of the VM is refused", {
-        match ferry_as(&fhome, &home, &["up", "nosuch", "--share", &format!("{}:/var/lib/docker", extra.display())], MIN, &[]) {
+        match ferry_as(fhome, &home, &["up", "nosuch", "--share", &format!("{}:/var/lib/docker", extra.display())], MIN, &[]) {
             Ok(o) => Err(format!("succeeded: {o}")),
             Err(e) if e.contains("/var belongs to the appliance") => Ok(String::new()),
             Err(e) => Err(e),
@@ -80,17 +91,17 @@ fn main() {
     let vars: Vec<(&str, &str)> =
         vec![("FERRY_NET_RESTRICT", "0"), ("FERRY_APPEND", "ntpserver=10.0.2.2:124,10.0.2.2"), ("FERRY_QEMU_ARGS", &qemu_args)];
     let share_ro = format!("{}:/srv/extra:ro", extra.display());
-    let up = ferry_as(&fhome, &home, &["up", "hostm", "--share", &share_ro], 40 * MIN, &vars);
+    let up = ferry_as(fhome, &home, &["up", "hostm", "--share", &share_ro], 40 * MIN, &vars);
     let env = up.as_ref().ok().and_then(|o| DockerEnv::parse(o));
     if !r.check(
         "ferry up with the home shared and --share DIR:/srv/extra:ro",
         up.clone().and_then(|o| env.clone().map(|_| String::new()).ok_or(format!("no exports in: {o}"))),
     ) {
         println!("--- console ---\n{}\n---", std::fs::read_to_string(fhome.join("machines/hostm/console.log")).unwrap_or_default());
-        r.finish("host");
+        std::mem::take(r).finish("host")
     }
     let env = env.unwrap_or_default();
-    let m = machine(&fhome, "hostm");
+    let m = machine(fhome, "hostm");
     let h = home.display().to_string();
     r.check(
         "console: both shares mounted before the engine starts",
@@ -153,7 +164,7 @@ fn main() {
             }
         })(),
     );
-    let ssh = |cmd: &str| ferry_as(&fhome, &home, &["ssh", "hostm", "--", cmd], 2 * MIN, &[]);
+    let ssh = |cmd: &str| ferry_as(fhome, &home, &["ssh", "hostm", "--", cmd], 2 * MIN, &[]);
     r.check(
         "the VM's docker user reads and writes the host's files",
         (|| {
@@ -254,7 +265,7 @@ fn main() {
     r.check(
         "UDP: -p 15353:5353/udp, a datagram reaches the container and its echo comes back",
         (|| {
-            let echo = udp_echo_image(&base)?;
+            let echo = udp_echo_image(base)?;
             env.run(&["import", "-", "udpecho:host"], Some(&echo), 5 * MIN)?;
             env.run(&["run", "-d", "--name", "udp", "-p", "15353:5353/udp", "udpecho:host", "/udpecho"], None, 3 * MIN)?;
             let s = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
@@ -276,7 +287,7 @@ fn main() {
             let hold = TcpListener::bind("127.0.0.1:18081").map_err(|e| format!("bind 18081 for the test: {e}"))?;
             httpd("web2", 18081)?;
             let r = retry(MIN, || {
-                contains(ferry_as(&fhome, &home, &["logs", "hostm"], MIN, &[]), "port 18081/tcp: 127.0.0.1:18081 is taken on the host")
+                contains(ferry_as(fhome, &home, &["logs", "hostm"], MIN, &[]), "port 18081/tcp: 127.0.0.1:18081 is taken on the host")
             });
             drop(hold);
             r
@@ -305,7 +316,7 @@ fn main() {
     );
     r.check(
         "the VM's clock agrees with the host's within 1 s",
-        clock_offset(&fhome, &home, "hostm").and_then(|o| {
+        clock_offset(fhome, &home, "hostm").and_then(|o| {
             if o.abs() < 1.0 {
                 Ok(format!("offset {o:+.3}s"))
             } else {
@@ -313,14 +324,14 @@ fn main() {
             }
         }),
     );
-    r.check("after a 2-minute pause (QMP stop/cont) the clock is back within 1 s within 60 s", pause_check(&m, &fhome, &home));
+    r.check("after a 2-minute pause (QMP stop/cont) the clock is back within 1 s within 60 s", pause_check(&m, fhome, &home));
     if let Some(s) = &sntp {
         println!("note: the host's SNTP server answered {} request(s)", s.answered());
     }
 
     // Restart: the shares are remembered, a missing one is skipped with a clear line, ports still work.
     let gone = base.join("gone");
-    r.check("ferry stop", ferry_as(&fhome, &home, &["stop", "hostm"], 3 * MIN, &[]).map(|_| String::new()));
+    r.check("ferry stop", ferry_as(fhome, &home, &["stop", "hostm"], 3 * MIN, &[]).map(|_| String::new()));
     let remembered = (|| -> Result<String, String> {
         std::fs::create_dir_all(&gone).map_err(|e| e.to_string())?;
         let mut list: serde_json::Value =
@@ -330,7 +341,7 @@ fn main() {
             .push(serde_json::json!({"host": gone.display().to_string(), "guest": "/srv/gone", "read_only": false}));
         std::fs::write(m.path("shares.json"), list.to_string()).map_err(|e| e.to_string())?;
         std::fs::remove_dir(&gone).map_err(|e| e.to_string())?;
-        ferry_as(&fhome, &home, &["up", "hostm"], 20 * MIN, &vars)
+        ferry_as(fhome, &home, &["up", "hostm"], 20 * MIN, &vars)
     })();
     r.check("ferry up again: a remembered share whose folder is gone is named and skipped", contains(remembered.clone(), "/srv/gone"));
     r.check(
@@ -344,12 +355,7 @@ fn main() {
             contains(retry(MIN, || http_get(18082)), "served-by-again")
         })(),
     );
-    let _ = ferry_as(&fhome, &home, &["stop", "hostm"], 3 * MIN, &[]);
-
-    rtc_boot(&mut r, &fhome);
-    drop(sntp);
-    let _ = std::fs::remove_dir_all(&base);
-    r.finish("host");
+    let _ = ferry_as(fhome, &home, &["stop", "hostm"], 3 * MIN, &[]);
 }
 
 /// `ferry ARGS` with FERRY_HOME, HOME (the shared home) and the download cache where it always is.

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 fn main() {
     isolate_guests();
+    let cases = Cases::from_args("media", &["validators", "reproducible", "boot-matrix"]);
     let mut r = Report::default();
     println!("media: Ferry's ISO and raw image ({}), ferry = {}", ferry_builder::qemu::accel(), ferry_bin().display());
     let home = std::env::temp_dir().join(format!("ferry-media-{}", std::process::id()));
@@ -24,11 +25,11 @@ fn main() {
     std::env::set_var("FERRY_HOME", &home);
     let _guard = KillGuard { home: home.clone() };
 
-    validators(&mut r, &home);
-    reproducible(&mut r, &home);
-    boot_matrix(&mut r, &home);
+    cases.run("validators", || validators(&mut r, &home));
+    cases.run("reproducible", || reproducible(&mut r, &home));
+    cases.run("boot-matrix", || boot_matrix(&mut r, &home));
     let _ = std::fs::remove_dir_all(&home);
-    r.finish("media");
+    cases.finish(r);
 }
 
 fn tool(cmd: &mut Command) -> Result<String, String> {

@@ -90,6 +90,7 @@ fn all_ready(mgr: &Node, names: &[&str], limit: Duration) -> Result<String, Stri
 
 fn main() {
     isolate_guests();
+    let cases = Cases::from_args("swarm", &["refusals", "swarm-across-machines"]);
     let mut r = Report::default();
     let count: usize = std::env::var("FERRY_SWARM_NODES").ok().and_then(|v| v.parse().ok()).unwrap_or(2).clamp(2, 3);
     println!("swarm: {count} machines on shared network {NET}, ferry = {}", ferry_bin().display());
@@ -102,42 +103,53 @@ fn main() {
     let names: Vec<&str> = [MANAGER, "wk1", "wk2"].into_iter().take(count).collect();
     let workers: Vec<&str> = names[1..].to_vec();
 
-    // Refusals that boot nothing.
+    cases.run("refusals", || refusals(&mut r, &home));
+    cases.run("swarm-across-machines", || swarm(&mut r, &home, &names, &workers));
+    let _ = std::fs::remove_dir_all(&base);
+    cases.finish(r);
+}
+
+/// Refusals that boot nothing.
+fn refusals(r: &mut Report, home: &Path) {
     r.check("--network with a bad name: a clear error, nothing created", {
-        match ferry(&home, &["up", "nosuch", "--network", "lab/2"], MIN) {
+        match ferry(home, &["up", "nosuch", "--network", "lab/2"], MIN) {
             Ok(o) => Err(format!("succeeded: {o}")),
             Err(e) if e.contains("network name") && !home.join("machines/nosuch").exists() => Ok(String::new()),
             Err(e) => Err(e),
         }
     });
     r.check("ferry network rm of an unknown network says which exist", {
-        match ferry(&home, &["network", "rm", "nosuch"], MIN) {
+        match ferry(home, &["network", "rm", "nosuch"], MIN) {
             Ok(o) => Err(format!("succeeded: {o}")),
             Err(e) if e.contains("no network named nosuch") => Ok(String::new()),
             Err(e) => Err(e),
         }
     });
+}
 
+/// Every machine on the shared network: Swarm init and join, an overlay and the routing mesh, figures,
+/// a worker's restart and rejoin, then `ferry network rm`.
+fn swarm(r: &mut Report, home: &Path, names: &[&str], workers: &[&str]) {
     // Boot every machine on the shared network at once.
     let t = Instant::now();
-    let ups = up_all(&home, &names, &["--network", NET]);
+    let ups = up_all(home, names, &["--network", NET]);
     let mut failed = false;
     for (n, u) in names.iter().zip(&ups) {
         failed |= !r.check(&format!("ferry up {n} --network {NET}"), u.clone().map(|_| String::new()));
     }
     if failed {
-        for n in &names {
+        for n in names {
             println!("--- console of {n}:\n{}", ferry_builder::machine::console_tail(&machine(n), 40));
         }
-        r.finish("swarm");
+        std::mem::take(r).finish("swarm");
     }
-    println!("    ({count} machines up in {:.0}s)", t.elapsed().as_secs_f64());
+    println!("    ({} machines up in {:.0}s)", names.len(), t.elapsed().as_secs_f64());
 
-    let addrs = match addresses(&home) {
+    let addrs = match addresses(home) {
         Ok(a) => a,
         Err(e) => {
             r.check("ferry network ls --format json lists every machine with an address", Err(e));
-            r.finish("swarm");
+            std::mem::take(r).finish("swarm");
         }
     };
     r.check(
@@ -152,7 +164,7 @@ fn main() {
             if a.len() != names.len() || !a.iter().all(|x| x.starts_with("192.168.100.")) {
                 return Err(format!("addresses {a:?}"));
             }
-            let table = ferry(&home, &["network", "ls"], MIN)?;
+            let table = ferry(home, &["network", "ls"], MIN)?;
             text_has(&table, &[NET, "192.168.100.0/24", &format!("{MANAGER}={}", addrs[0].1)]).map_err(|e| format!("{e}: {table}"))
         })(),
     );
@@ -161,7 +173,7 @@ fn main() {
         let addr = addrs.iter().find(|(m, _)| m == n).map(|(_, a)| a.clone()).unwrap_or_default();
         nodes.push(Node { name: n.to_string(), addr, env: u.as_deref().ok().and_then(DockerEnv::parse).unwrap_or_default() });
     }
-    let ssh = |n: &str, cmd: &str| ferry(&home, &["ssh", n, "--", cmd], 2 * MIN);
+    let ssh = |n: &str, cmd: &str| ferry(home, &["ssh", n, "--", cmd], 2 * MIN);
 
     for n in &nodes {
         r.check(
@@ -208,7 +220,7 @@ fn main() {
                 .map(|_| String::new()),
         );
     }
-    r.check(&format!("docker node ls: {} nodes Ready", names.len()), all_ready(mgr, &names, 2 * MIN));
+    r.check(&format!("docker node ls: {} nodes Ready", names.len()), all_ready(mgr, names, 2 * MIN));
 
     // An overlay network and a service on the workers only, published through the routing mesh.
     r.check(
@@ -265,7 +277,7 @@ fn main() {
             }
         })
     };
-    r.check("web runs on every worker", running_on(&workers, 4 * MIN));
+    r.check("web runs on every worker", running_on(workers, 4 * MIN));
     r.check(
         &format!("a container on {MANAGER} reaches web on a worker by service name over the overlay"),
         retry(2 * MIN, || {
@@ -398,7 +410,7 @@ fn main() {
 
     // The worker goes away and comes back: same address, it rejoins, web runs on it again.
     let w = &nodes[1];
-    r.check(&format!("ferry stop {} (a worker with web's task)", w.name), ferry(&home, &["stop", &w.name], 3 * MIN).map(|_| String::new()));
+    r.check(&format!("ferry stop {} (a worker with web's task)", w.name), ferry(home, &["stop", &w.name], 3 * MIN).map(|_| String::new()));
     r.check(
         &format!("the manager sees {} Down", w.name),
         retry(2 * MIN, || {
@@ -410,19 +422,19 @@ fn main() {
             }
         }),
     );
-    let again = up_all(&home, &[w.name.as_str()], &[]);
+    let again = up_all(home, &[w.name.as_str()], &[]);
     r.check(&format!("ferry up {} again (no --network: remembered)", w.name), again[0].clone().map(|_| String::new()));
     r.check(
         &format!("{} has the same address on {NET} after the restart", w.name),
         contains(ssh(&w.name, "ip -4 addr show eth1"), &format!("inet {}/24", w.addr)),
     );
-    r.check(&format!("{} rejoined: every node Ready", w.name), all_ready(mgr, &names, 3 * MIN));
+    r.check(&format!("{} rejoined: every node Ready", w.name), all_ready(mgr, names, 3 * MIN));
     r.check(&format!("web is rescheduled on {}", w.name), running_on(&[w.name.as_str()], 4 * MIN));
     r.check("the routing mesh answers on every address again", mesh_everywhere(3 * MIN));
 
     // Networks: rm refused while machines run on it; the switch ends with the last machine; rm then works.
     r.check(&format!("ferry network rm {NET} is refused while machines run on it"), {
-        match ferry(&home, &["network", "rm", NET], MIN) {
+        match ferry(home, &["network", "rm", NET], MIN) {
             Ok(o) => Err(format!("succeeded: {o}")),
             Err(e) if e.contains("in use by") && e.contains(MANAGER) && home.join("networks").join(NET).exists() => Ok(String::new()),
             Err(e) => Err(e),
@@ -431,7 +443,7 @@ fn main() {
     let stops: Vec<_> = names
         .iter()
         .map(|n| {
-            let (home, n) = (home.clone(), n.to_string());
+            let (home, n) = (home.to_path_buf(), n.to_string());
             std::thread::spawn(move || ferry(&home, &["stop", &n], 3 * MIN))
         })
         .collect();
@@ -454,8 +466,8 @@ fn main() {
     r.check(
         &format!("ferry rm {last} takes it off {NET}"),
         (|| {
-            ferry(&home, &["rm", "-y", last], MIN)?;
-            let members = addresses(&home)?;
+            ferry(home, &["rm", "-y", last], MIN)?;
+            let members = addresses(home)?;
             if members.iter().any(|(m, _)| m == last) || members.len() != names.len() - 1 {
                 return Err(format!("members: {members:?}"));
             }
@@ -465,14 +477,12 @@ fn main() {
     r.check(
         &format!("ferry network rm {NET} once they are stopped; ls no longer lists it"),
         (|| {
-            let e = ferry(&home, &["network", "rm", NET], MIN)?;
-            let ls = ferry(&home, &["network", "ls", "-q"], MIN)?;
+            let e = ferry(home, &["network", "rm", NET], MIN)?;
+            let ls = ferry(home, &["network", "ls", "-q"], MIN)?;
             if ls.lines().any(|l| l == NET) || home.join("networks").join(NET).exists() {
                 return Err(format!("still there: {ls}"));
             }
             Ok(e.lines().last().unwrap_or("").to_string())
         })(),
     );
-    let _ = std::fs::remove_dir_all(&base);
-    r.finish("swarm");
 }

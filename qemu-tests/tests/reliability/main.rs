@@ -93,6 +93,8 @@ impl Rng {
 
 fn main() {
     isolate_guests();
+    let cases =
+        Cases::from_args("reliability", &["supervision-shutdown-load-cuts", "hostile-userdata", "profiles-frontdoor", "first-boot-cuts"]);
     let counts = Counts::from_env();
     let seed: u64 = std::env::var("FERRY_SEED")
         .ok()
@@ -115,22 +117,31 @@ fn main() {
     let started = Instant::now();
     let o: Shared = Arc::new(Mutex::new(Out { r: Report::default(), rows: Vec::new() }));
 
-    let cuts = Arc::new(powercut::FirstBootCuts::new(counts.cuts, seed));
+    // Two lanes side by side; the first-boot cuts are taken by whichever lane is free.
+    let want_cuts = cases.wants("first-boot-cuts");
+    let cuts = Arc::new(powercut::FirstBootCuts::new(if want_cuts { counts.cuts } else { 0 }, seed));
     let lane_b = {
         let (o, home, cuts) = (o.clone(), home.clone(), cuts.clone());
         let all_hostile = counts.all_hostile;
+        let (hostile, profiles) = (cases.wants("hostile-userdata"), cases.wants("profiles-frontdoor"));
         std::thread::spawn(move || {
-            hostile::all(&o, &home, all_hostile);
-            profiles::all(&o, &home, |env| frontdoor::attacks(&o, &home, profiles::NAME, env));
+            if hostile {
+                hostile::all(&o, &home, all_hostile);
+            }
+            if profiles {
+                profiles::all(&o, &home, |env| frontdoor::attacks(&o, &home, profiles::NAME, env));
+            }
             cuts.work(&o, &home);
         })
     };
-    lane_a(&o, &home, &counts, &cuts, &mut Rng::new(seed));
+    cases.run("supervision-shutdown-load-cuts", || lane_a(&o, &home, &counts, &cuts, &mut Rng::new(seed)));
     cuts.work(&o, &home);
     if lane_b.join().is_err() {
         add(&o, HOSTILE, "lane B finished", Err("lane B panicked".into()));
     }
-    cuts.report(&o);
+    if want_cuts {
+        cuts.report(&o);
+    }
 
     let mut g = o.lock().unwrap_or_else(|p| p.into_inner());
     println!(
@@ -145,7 +156,7 @@ fn main() {
     let r = std::mem::take(&mut g.r);
     drop(g);
     let _ = std::fs::remove_dir_all(&home);
-    r.finish("reliability");
+    cases.finish(r);
 }
 
 /// Lane A: one machine with a data disk, kept across the cases that need a "next boot".
