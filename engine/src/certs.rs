@@ -57,10 +57,10 @@ fn name(cn: &str) -> DistinguishedName {
 pub fn check_clock(now: OffsetDateTime, floor_unix: Option<i64>) -> Result<()> {
     if let Some(f) = floor_unix {
         if now.unix_timestamp() < f {
-            return Err(Error::msg(format!(
-                "the clock ({}) is before this image was built ({f}); refusing to generate certificates",
-                now.unix_timestamp()
-            )));
+            return Err(Error::of(
+                crate::error::Kind::ClockBeforeBuild,
+                format!("the clock ({}) is before this image was built ({f}); refusing to generate certificates", now.unix_timestamp()),
+            ));
         }
     }
     Ok(())

@@ -144,9 +144,18 @@ async fn resolve_material(p: &profile::Profile) -> ferry_engine::error::Result<m
 /// TLS material for the first start: retried until it works (e.g. the clock is fixed), the front door
 /// cannot open without it.
 async fn first_material(p: &profile::Profile) -> material::Material {
+    let mut clock_waits = 0u32;
     loop {
         match resolve_material(p).await {
             Ok(m) => return m,
+            // Only time fixes this one: SNTP or a user setting the clock. Checked often, said once a minute.
+            Err(e) if e.kind == ferry_engine::error::Kind::ClockBeforeBuild => {
+                if clock_waits.is_multiple_of(30) {
+                    log(&format!("ERROR: {e}; waiting for the clock to be set (SNTP, or `date -s` as root)"));
+                }
+                clock_waits = clock_waits.wrapping_add(1);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
             Err(e) => {
                 log(&format!("ERROR: no usable TLS material: {e}; retrying in 10s"));
                 tokio::time::sleep(Duration::from_secs(10)).await;

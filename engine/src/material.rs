@@ -1,7 +1,7 @@
 //! TLS material for the front door, in order: provisioned files (userdata / docker-machine), else a set
 //! generated on first boot. Bad files are reported by name and never crash the engine.
 use crate::certs;
-use crate::error::{Context, Error, Result};
+use crate::error::{Context, Error, Kind, Result};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
@@ -13,32 +13,32 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 pub fn certs_from(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let data = std::fs::read(path).ctx(|| format!("read {}", path.display()))?;
+    let data = std::fs::read(path).ctx_as(Kind::TlsUnreadable, || format!("read {}", path.display()))?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice())
         .collect::<std::result::Result<_, _>>()
-        .ctx(|| format!("{}: not valid PEM", path.display()))?;
+        .ctx_as(Kind::TlsUnusable, || format!("{}: not valid PEM", path.display()))?;
     if certs.is_empty() {
-        return Err(Error::msg(format!("{}: no CERTIFICATE block found", path.display())));
+        return Err(Error::of(Kind::TlsUnusable, format!("{}: no CERTIFICATE block found", path.display())));
     }
     Ok(certs)
 }
 
 pub fn key_from(path: &Path) -> Result<PrivateKeyDer<'static>> {
-    let data = std::fs::read(path).ctx(|| format!("read {}", path.display()))?;
+    let data = std::fs::read(path).ctx_as(Kind::TlsUnreadable, || format!("read {}", path.display()))?;
     rustls_pemfile::private_key(&mut data.as_slice())
-        .ctx(|| format!("{}: not valid PEM", path.display()))?
-        .ok_or_else(|| Error::msg(format!("{}: no PRIVATE KEY block found", path.display())))
+        .ctx_as(Kind::TlsUnusable, || format!("{}: not valid PEM", path.display()))?
+        .ok_or_else(|| Error::of(Kind::TlsUnusable, format!("{}: no PRIVATE KEY block found", path.display())))
 }
 
 /// A server config that requires a client certificate issued by `ca`. TLS 1.2 and 1.3 only.
 pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> Result<ServerConfig> {
     let mut roots = RootCertStore::empty();
     for c in certs_from(ca)? {
-        roots.add(c).ctx(|| format!("{}: not a usable CA certificate", ca.display()))?;
+        roots.add(c).ctx_as(Kind::TlsUnusable, || format!("{}: not a usable CA certificate", ca.display()))?;
     }
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
         .build()
-        .ctx(|| format!("{}: cannot verify clients with it", ca.display()))?;
+        .ctx_as(Kind::TlsUnusable, || format!("{}: cannot verify clients with it", ca.display()))?;
     let chain = certs_from(cert)?;
     let key_der = key_from(key)?;
     ServerConfig::builder_with_provider(provider())
@@ -46,7 +46,7 @@ pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> Result<ServerConfig>
         .ctx(|| "TLS versions".into())?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key_der)
-        .ctx(|| format!("{} does not match {}", key.display(), cert.display()))
+        .ctx_as(Kind::TlsKeyMismatch, || format!("{} does not match {}", key.display(), cert.display()))
 }
 
 pub struct Paths {
@@ -189,6 +189,28 @@ mod tests {
         assert_eq!(std::fs::read_to_string(cd.join("cert.pem")).unwrap(), first);
         assert!(std::fs::read_to_string(cd.join("key.pem")).unwrap().contains("PRIVATE KEY"));
         assert_eq!(std::fs::read_to_string(cd.join("ca.pem")).unwrap(), "mine");
+        let _ = std::fs::remove_dir_all(root);
+    }
+
+    /// Each way provisioned material can be bad has its kind (the messages name the file).
+    #[test]
+    fn bad_material_is_classified() {
+        let root = std::env::temp_dir().join(format!("ferry-material-kinds-{}", std::process::id()));
+        let paths = Paths { tls_dir: root.join("tls"), client_dir: None };
+        resolve(&paths, None, "ferry", &[], None, &|_| {}).unwrap();
+        let g = root.join("tls/generated");
+        let (ca, cert, key) = (g.join("ca.pem"), g.join("server.pem"), g.join("server-key.pem"));
+        let kind = |ca: &Path, cert: &Path, key: &Path| server_config(ca, cert, key).err().map(|e| e.kind);
+        assert_eq!(kind(&ca, &cert, &key), None, "the generated set is usable");
+        assert_eq!(kind(&root.join("missing.pem"), &cert, &key), Some(Kind::TlsUnreadable));
+        let text = root.join("text.pem");
+        std::fs::write(&text, "not a certificate\n").unwrap();
+        assert_eq!(kind(&text, &cert, &key), Some(Kind::TlsUnusable));
+        assert_eq!(kind(&ca, &cert, &text), Some(Kind::TlsUnusable), "no PRIVATE KEY block");
+        // The CA's key is a valid key, but not the server certificate's.
+        assert_eq!(kind(&ca, &cert, &g.join("ca-key.pem")), Some(Kind::TlsKeyMismatch));
+        let clock = certs::check_clock(time::OffsetDateTime::UNIX_EPOCH, Some(1_700_000_000)).unwrap_err();
+        assert_eq!(clock.kind, Kind::ClockBeforeBuild);
         let _ = std::fs::remove_dir_all(root);
     }
 }

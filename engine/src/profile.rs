@@ -1,7 +1,7 @@
 //! `/var/lib/boot2docker/profile`, the shell fragment docker-machine writes. It is evaluated the way
 //! boot2docker did (`set -a; . profile`), but in a child shell with a clean environment and a timeout, and
 //! what it exported is turned into dockerd flags, TLS paths and dockerd's environment.
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -177,7 +177,10 @@ pub async fn load(path: &Path, timeout: Duration) -> Result<Option<Profile>> {
                     let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
                 }
             }
-            Err(Error::msg(format!("{} did not finish within {}s (an endless loop?); it was killed", path.display(), timeout.as_secs())))
+            Err(Error::of(
+                Kind::ProfileTimeout,
+                format!("{} did not finish within {}s (an endless loop?); it was killed", path.display(), timeout.as_secs()),
+            ))
         }
         Ok((_, _, Err(e))) => Err(Error::msg(format!("{}: {e}", path.display()))),
         Ok(((env, env_over), (talk, _), Ok(status))) => {
@@ -186,13 +189,16 @@ pub async fn load(path: &Path, timeout: Duration) -> Result<Option<Profile>> {
             let tail: Vec<String> =
                 stderr.lines().rev().take(3).map(|l| l.chars().take(200).collect()).collect::<Vec<_>>().into_iter().rev().collect();
             if !status.success() {
-                return Err(Error::msg(format!("{} failed ({}): {}", path.display(), status, tail.join(" / "))));
+                return Err(Error::of(Kind::ProfileFailed, format!("{} failed ({}): {}", path.display(), status, tail.join(" / "))));
             }
             if env_over {
-                return Err(Error::msg(format!("{} exports more than {} KiB of variables; refusing it", path.display(), MAX_ENV >> 10)));
+                return Err(Error::of(
+                    Kind::ProfileFailed,
+                    format!("{} exports more than {} KiB of variables; refusing it", path.display(), MAX_ENV >> 10),
+                ));
             }
             if env.is_empty() {
-                return Err(Error::msg(format!("{} exited before it finished (an `exit` in it?)", path.display())));
+                return Err(Error::of(Kind::ProfileFailed, format!("{} exited before it finished (an `exit` in it?)", path.display())));
             }
             Ok(Some(from_vars(&parse_env0(&env))))
         }
@@ -308,12 +314,16 @@ mod tests {
         let p = load(&good, TIMEOUT).await.unwrap().unwrap();
         assert_eq!(p.args, ["--label", "a=b"]);
         assert_eq!(p.env, vars(&[("HTTP_PROXY", "http://p:3128")]));
-        let e = load(&write("exit", "exit 1\n"), TIMEOUT).await.unwrap_err().to_string();
+        let e = load(&write("exit", "exit 1\n"), TIMEOUT).await.unwrap_err();
+        assert_eq!(e.kind, Kind::ProfileFailed);
+        let e = e.to_string();
         assert!(e.contains("exit status: 1"), "{e}");
         let e = load(&write("syntax", "if then fi (\n"), TIMEOUT).await.unwrap_err().to_string();
         assert!(e.contains("failed") && e.to_lowercase().contains("syntax"), "{e}");
         let t = std::time::Instant::now();
-        let e = load(&write("loop", "while :; do :; done\n"), Duration::from_secs(1)).await.unwrap_err().to_string();
+        let e = load(&write("loop", "while :; do :; done\n"), Duration::from_secs(1)).await.unwrap_err();
+        assert_eq!(e.kind, Kind::ProfileTimeout);
+        let e = e.to_string();
         assert!(e.contains("did not finish within 1s"), "{e}");
         assert!(t.elapsed() < Duration::from_secs(5));
         assert_eq!(load(Path::new("/nonexistent/profile"), TIMEOUT).await.unwrap(), None);

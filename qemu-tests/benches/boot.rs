@@ -1,7 +1,6 @@
 //! Boot figures from one run (a bench, not a timed test): kernel-only boot (same kernel, a trivial
 //! initramfs whose init powers off at once), boot → first successful mTLS /_ping, their ratio, idle memory
 //! inside the VM (MemTotal − MemAvailable) and the initrd size. Prints a Markdown row for docs/figures.md.
-use ferry_builder::cpio::{Body, Writer};
 use ferry_builder::machine::Machine;
 use ferry_builder::{ping, qemu};
 use qemu_tests::*;
@@ -19,21 +18,7 @@ fn main() {
     std::env::set_var("FERRY_HOME", &home);
 
     // 1. Kernel only: init binary alone in a tiny initramfs, powering off as soon as it runs.
-    let init = std::fs::read(ferry_bin().with_file_name("init")).expect("target/.../release/init (cargo build --release)");
-    let mut w = Writer::new(0);
-    w.add("dev", 0o755, Body::Dir);
-    w.add("dev/console", 0o600, Body::CharDev(5, 1));
-    w.add("proc", 0o755, Body::Dir);
-    w.add("sys", 0o755, Body::Dir);
-    w.add("init", 0o755, Body::File(&init));
-    w.add("ferry-initramfs", 0o644, Body::File(b"bench\n"));
-    let tiny = home.join("tiny-initrd.img");
-    std::fs::create_dir_all(&home).unwrap();
-    std::fs::write(&tiny, w.finish()).unwrap();
-    let t = Instant::now();
-    let st = qemu::poweroff_boot(&qemu::accel_arg(), "max", 2048, 2, &vmlinuz, &tiny).status().expect("qemu-system-x86_64");
-    let kernel_only = t.elapsed();
-    assert!(st.success(), "kernel-only boot failed: {st}");
+    let kernel_only = kernel_only_boot(&vmlinuz, &home).expect("kernel-only boot");
 
     // 2. Full boot to the first answered /_ping over mTLS.
     let m = Machine::named("bench").unwrap();
@@ -52,11 +37,7 @@ fn main() {
 
     // 3. Idle memory after the engine settles.
     std::thread::sleep(Duration::from_secs(20));
-    let meminfo = retry(Duration::from_secs(60), || run(m.ssh_command().unwrap().arg("cat /proc/meminfo"), None, Duration::from_secs(60)))
-        .unwrap_or_default();
-    let kb =
-        |k: &str| meminfo.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()).unwrap_or(0);
-    let used_mib = (kb("MemTotal:").saturating_sub(kb("MemAvailable:"))) / 1024;
+    let used_mib = used_mib(|| m.ssh_command().map_err(|e| e.to_string())).unwrap_or(0);
     let _ = qemu::qmp(&m.path("qmp.sock"), "quit");
     qemu::wait_exit(&m.path("qemu.pid"), Duration::from_secs(30));
     let initrd_mib = std::fs::metadata(&initrd).map(|m| m.len()).unwrap_or(0) as f64 / (1 << 20) as f64;

@@ -421,6 +421,43 @@ pub fn edit_tar_header(tar: &mut [u8], n: usize, edit: impl FnOnce(&mut [u8])) {
     h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
 }
 
+/// The kernel-only floor: the same kernel and QEMU settings booting a tiny initramfs whose init (ours, with
+/// `ferry.bench=poweroff`) powers off as soon as it runs. `scratch` holds the initramfs.
+pub fn kernel_only_boot(vmlinuz: &Path, scratch: &Path) -> Result<Duration, String> {
+    use ferry_builder::cpio::{Body, Writer};
+    let init_path = ferry_bin().with_file_name("init");
+    let init = std::fs::read(&init_path).map_err(|e| format!("{}: {e} (cargo build --release)", init_path.display()))?;
+    let mut w = Writer::new(0);
+    w.add("dev", 0o755, Body::Dir);
+    w.add("dev/console", 0o600, Body::CharDev(5, 1));
+    w.add("proc", 0o755, Body::Dir);
+    w.add("sys", 0o755, Body::Dir);
+    w.add("init", 0o755, Body::File(&init));
+    w.add("ferry-initramfs", 0o644, Body::File(b"bench\n"));
+    let tiny = scratch.join("tiny-initrd.img");
+    std::fs::create_dir_all(scratch).map_err(|e| e.to_string())?;
+    std::fs::write(&tiny, w.finish()).map_err(|e| e.to_string())?;
+    let t = Instant::now();
+    let st = ferry_builder::qemu::poweroff_boot(&ferry_builder::qemu::accel_arg(), "max", 2048, 2, vmlinuz, &tiny)
+        .status()
+        .map_err(|e| format!("qemu-system-x86_64: {e}"))?;
+    let took = t.elapsed();
+    if !st.success() {
+        return Err(format!("kernel-only boot failed: {st}"));
+    }
+    Ok(took)
+}
+
+/// Memory in use inside a guest (MemTotal − MemAvailable, MiB), from /proc/meminfo read over `ssh`.
+pub fn used_mib(mut ssh: impl FnMut() -> Result<Command, String>) -> Result<u64, String> {
+    let meminfo = retry(Duration::from_secs(60), || run(ssh()?.arg("cat /proc/meminfo"), None, Duration::from_secs(60)))?;
+    let kb = |k: &str| meminfo.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok());
+    match (kb("MemTotal:"), kb("MemAvailable:")) {
+        (Some(t), Some(a)) => Ok(t.saturating_sub(a) / 1024),
+        _ => Err(format!("no MemTotal/MemAvailable in: {meminfo}")),
+    }
+}
+
 /// sha256 of a file, hex (via sha256sum: the disks are large and sparse).
 pub fn sha256_file(p: &Path) -> Option<String> {
     let o = Command::new("sha256sum").arg(p).output().ok()?;
