@@ -4,7 +4,7 @@ use ferry_contract::paths;
 use ferry_engine::control::{self, Command, Reply};
 use ferry_engine::dockerd::{self, Dockerd};
 use ferry_engine::owner::{self, Daemon};
-use ferry_engine::{daemon_config, frontdoor, material, profile};
+use ferry_engine::{bench, daemon_config, frontdoor, material, profile};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -182,6 +182,10 @@ impl Engine {
             Err(e) => log(&format!("ERROR: {e}; dockerd cannot read its configuration")),
         }
         self.d.extra_args.extend(["--config-file".to_string(), daemon_config::CLEANED.to_string()]);
+        if let Some(a) = bench::native_tls_args(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default(), Path::new(TLS_DIR)) {
+            log(&format!("bench ({}): dockerd also serves the API with its own TLS on :{}", bench::OPTION, bench::PORT));
+            self.d.extra_args.extend(a);
+        }
         match resolve_material(&p).await {
             Ok(m) => {
                 if m.source != self.source {

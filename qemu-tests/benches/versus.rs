@@ -2,16 +2,18 @@
 //! (issue 17): the peer is an mmdebstrap'd trixie with systemd as init and Debian's docker.io (the same
 //! dockerd), booted from a raw ext4 disk with its own initramfs-tools initramfs; its dockerd listens on
 //! 2376 with its own TLS (DOCKER_OPTS in /etc/default/docker, Debian's way). The kernel-only floor is the
-//! same kernel with a tiny initramfs that powers off. Rows:
+//! same kernel with a tiny initramfs that powers off (median of three). Rows:
 //!   (a) boot → the first mTLS /_ping answered on 2376 (first boot: Ferry formats its disk, the peer's
 //!       systemd makes its machine id);
 //!   (b) idle memory 20 s after that (MemTotal − MemAvailable, read over ssh);
 //!   (c) image size: Ferry's ISO; the peer's disk as a compressed qcow2 (what cloud images ship);
 //!   (d) `docker run --rm` of a tiny imported image, create → exit, through the docker CLI: median of 10;
-//!   (e) ACPI power button (QMP system_powerdown) → QEMU exited.
+//!   (e) ACPI power button (QMP system_powerdown) → QEMU exited;
+//!   (f) Ferry only: `docker load` of a 500 MiB image through the front door and through dockerd's own
+//!       TLS listener in the same VM (`ferry.bench=dockerd-tls`, engine/src/bench.rs), twice each.
 //! The peer's root tree is cached in ~/.cache/ferry/peer (FERRY_REFRESH=1 builds it again).
-//! Run: `./ferry build && cargo bench -p qemu-tests --bench versus` (about 10 minutes under TCG; the
-//! first run adds the peer's mmdebstrap, about 2 minutes).
+//! Run: `./ferry build && cargo bench -p qemu-tests --bench versus` (about 20 minutes under TCG, half of
+//! it row f; the first run adds the peer's mmdebstrap, about 2 minutes).
 use ferry_builder::machine::Machine;
 use ferry_builder::qemu::{self, DirectKernel, Drive};
 use ferry_builder::{ping, util};
@@ -37,6 +39,8 @@ const PEER_CUSTOMIZE: &[&str] = &[
 ];
 
 const RUNS: usize = 10;
+/// Row (f)'s image: one layer holding a file of this many MiB of incompressible bytes.
+const LOAD_MIB: usize = 500;
 
 struct Figures {
     boot: Duration,
@@ -44,6 +48,8 @@ struct Figures {
     image_mib: f64,
     run_median: Duration,
     stop: Duration,
+    /// Row (f), Ferry only: `docker load` MB/s through the front door and through dockerd's own TLS.
+    throughput: Option<(f64, f64)>,
 }
 
 fn main() {
@@ -62,19 +68,28 @@ fn main() {
     let _guard = KillGuard { home: home.clone() };
     println!("versus: Ferry and a stock Debian trixie VM, kernel {kver}, {} (one run)", qemu::accel());
 
+    // The floor first, on a quiet host (building the peer writes half a gigabyte), median of three.
+    let mut floors: Vec<Duration> = (0..3).map(|_| kernel_only_boot(&vmlinuz, &home).unwrap_or_else(|e| fail(&e))).collect();
+    floors.sort();
+    let floor = floors[1];
+    println!("kernel-only floor: {:?} s", floors.iter().map(|d| format!("{:.1}", d.as_secs_f64())).collect::<Vec<_>>());
     let peer_tar = peer_root(&kver).unwrap_or_else(|e| fail(&format!("the peer's root: {e}")));
-    let floor = kernel_only_boot(&vmlinuz, &home).unwrap_or_else(|e| fail(&e));
-    println!("kernel-only floor: {:.1} s", floor.as_secs_f64());
     let tar = busybox_rootfs_tar().unwrap_or_else(|e| fail(&e));
 
-    let ferry = measure("ferry", &tar, |m| {
-        m.create(None).map_err(|e| e.to_string())?;
-        let l = m.launch(&out, &format!("console=ttyS0,115200 quiet panic=-1 ferry.hostname={}", m.name)).map_err(|e| e.to_string())?;
+    let native_port = free_port();
+    let ferry = measure("ferry", &tar, Some(native_port), |m| {
+        // As `ferry up` makes it: a 20 GiB sparse format-me data disk, formatted on this first boot.
+        m.create(Some(20 << 30)).map_err(|e| e.to_string())?;
+        let mut l = m
+            .launch(&out, &format!("console=ttyS0,115200 quiet panic=-1 ferry.hostname={} {}", m.name, ferry_engine::bench::OPTION))
+            .map_err(|e| e.to_string())?;
+        // Row (f): dockerd's own TLS listener, beside the front door (bench only).
+        l.forwards.push((native_port, ferry_engine::bench::PORT));
         let iso = std::fs::metadata(out.join("ferry.iso")).map_err(|e| format!("ferry.iso: {e}"))?.len();
         Ok((l, iso as f64 / (1 << 20) as f64))
     })
     .unwrap_or_else(|e| fail(&format!("ferry: {e}")));
-    let peer = measure("peer", &tar, |m| {
+    let peer = measure("peer", &tar, None, |m| {
         m.create(None).map_err(|e| e.to_string())?;
         let (disk, initrd, qcow2) = peer_disk(m, &peer_tar, &kver)?;
         let mut l = m.launch(&out, "").map_err(|e| e.to_string())?;
@@ -121,7 +136,13 @@ fn main() {
         ratio(ferry.boot.as_secs_f64(), floor.as_secs_f64()),
         ratio(peer.boot.as_secs_f64(), floor.as_secs_f64())
     );
-    println!("| (f) front door ÷ dockerd's own TLS (docker load) | not measured by this bench yet | | |");
+    match ferry.throughput {
+        Some((front, native)) => println!(
+            "| (f) `docker load` of {LOAD_MIB} MiB: front door / dockerd's own TLS (same VM) | {front:.1} MB/s | {native:.1} MB/s (dockerd) | {} |",
+            ratio(front, native)
+        ),
+        None => println!("| (f) front door ÷ dockerd's own TLS | not measured | | |"),
+    }
 }
 
 fn fail(why: &str) -> ! {
@@ -130,7 +151,12 @@ fn fail(why: &str) -> ! {
 }
 
 /// Boot machine `name` as `prepare` sets it up (returning its launch and image size), then measure.
-fn measure(name: &str, tar: &[u8], prepare: impl FnOnce(&Machine) -> Result<(qemu::Launch, f64), String>) -> Result<Figures, String> {
+fn measure(
+    name: &str,
+    tar: &[u8],
+    native: Option<u16>,
+    prepare: impl FnOnce(&Machine) -> Result<(qemu::Launch, f64), String>,
+) -> Result<Figures, String> {
     let m = Machine::named(name).map_err(|e| e.to_string())?;
     let (launch, image_mib) = prepare(&m)?;
     let p = m.ports().map_err(|e| e.to_string())?;
@@ -162,13 +188,21 @@ fn measure(name: &str, tar: &[u8], prepare: impl FnOnce(&Machine) -> Result<(qem
     let run_median = runs[RUNS / 2];
     println!("{name}: docker run --rm: {:?}", runs.iter().map(|d| d.as_millis()).collect::<Vec<_>>());
 
+    let throughput = match native {
+        Some(port) => {
+            let native = DockerEnv { host: format!("tcp://127.0.0.1:{port}"), cert_path: env.cert_path.clone() };
+            Some(front_door_vs_native(&env, &native, &m.dir)?)
+        }
+        None => None,
+    };
+
     let t = Instant::now();
     qemu::qmp(&m.path("qmp.sock"), "system_powerdown").map_err(|e| e.to_string())?;
     if !qemu::wait_exit(&m.path("qemu.pid"), Duration::from_secs(180)) {
         return Err("still running 180 s after the power button".into());
     }
     let stop = t.elapsed();
-    Ok(Figures { boot, idle_mib, image_mib, run_median, stop })
+    Ok(Figures { boot, idle_mib, image_mib, run_median, stop, throughput })
 }
 
 /// The peer's root tree as a tar (mmdebstrap output), cached by kernel version and package list.
@@ -235,4 +269,53 @@ fn peer_disk(m: &Machine, tar: &Path, kver: &str) -> Result<(PathBuf, PathBuf, f
     let size = std::fs::metadata(&qcow2).map_err(|e| e.to_string())?.len() as f64 / (1 << 20) as f64;
     let _ = std::fs::remove_file(&qcow2);
     Ok((disk, initrd, size))
+}
+
+/// A port on 127.0.0.1 nothing listens on now (for QEMU's forward of the bench listener).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| fail(&format!("a free port: {e}")))
+}
+
+/// Row (f): an image of one LOAD_MIB MiB layer (imported, then saved to the host), loaded through the
+/// front door and through dockerd's own TLS listener in turn, twice each; MB/s of the best of each.
+fn front_door_vs_native(front: &DockerEnv, native: &DockerEnv, scratch: &Path) -> Result<(f64, f64), String> {
+    native.run(&["version", "--format", "{{.Server.Version}}"], None, 2 * MIN).map_err(|e| format!("dockerd's own TLS listener: {e}"))?;
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let noise: Vec<u8> = (0..LOAD_MIB << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let rootfs = ferry_contract::userdata::write(&[ferry_contract::userdata::file("blob", 0o644, noise)]);
+    front.run(&["import", "-", "big:bench"], Some(&rootfs), 20 * MIN)?;
+    drop(rootfs);
+    let saved = scratch.join("big.tar");
+    front.run(&["save", "-o", &saved.display().to_string(), "big:bench"], None, 20 * MIN)?;
+    let bytes = std::fs::metadata(&saved).map_err(|e| e.to_string())?.len() as f64;
+    let (mut best_front, mut best_native) = (0f64, 0f64);
+    for round in 0..4 {
+        let env = if round % 2 == 0 { front } else { native };
+        front.run(&["rmi", "-f", "big:bench"], None, 5 * MIN)?;
+        let t = Instant::now();
+        env.run(&["load", "-q", "-i", &saved.display().to_string()], None, 20 * MIN)?;
+        let mbs = bytes / 1e6 / t.elapsed().as_secs_f64();
+        println!(
+            "ferry: docker load {:.0} MB via {}: {mbs:.1} MB/s",
+            bytes / 1e6,
+            if round % 2 == 0 { "the front door" } else { "dockerd's own TLS" }
+        );
+        if round % 2 == 0 {
+            best_front = best_front.max(mbs);
+        } else {
+            best_native = best_native.max(mbs);
+        }
+    }
+    let _ = std::fs::remove_file(&saved);
+    Ok((best_front, best_native))
 }

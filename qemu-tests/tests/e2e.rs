@@ -254,6 +254,18 @@ fn normal_boot(r: &mut Report, home: &Path) {
             "/run/ferry/image squashfs /run/ferry/rw tmpfs dockerd-in-image",
         ),
     );
+    // rootfs/trim.txt drops containerd's legacy shims: what runs the containers is the runc v2 shim.
+    r.check(
+        "the running container's shim is containerd-shim-runc-v2; containerd's legacy shims are not in the image",
+        ssh("sudo sh -c 'readlink /proc/[0-9]*/exe' | grep shim | sort -u; for f in containerd-shim containerd-shim-runc-v1; do test -e /usr/bin/$f && echo present:$f; done; true")
+            .and_then(|o| {
+                if o.trim() == "/usr/bin/containerd-shim-runc-v2" {
+                    Ok(String::new())
+                } else {
+                    Err(format!("got {o:?}"))
+                }
+            }),
+    );
     r.check(
         "/etc/init.d/docker status|stop|start control dockerd through the manager",
         (|| {
