@@ -145,8 +145,14 @@ fn main() {
     }
 }
 
+/// Stop the run: exiting skips `main`'s KillGuard, so the machines it started (in its own FERRY_HOME,
+/// never a user's) are stopped here; their folders stay for a look at the consoles.
 fn fail(why: &str) -> ! {
     eprintln!("versus: {why}");
+    let home = PathBuf::from(std::env::var_os("FERRY_HOME").unwrap_or_default());
+    if home.file_name().is_some_and(|n| n.to_string_lossy().starts_with("ferry-versus-")) {
+        drop(KillGuard { home });
+    }
     std::process::exit(1)
 }
 
