@@ -3,6 +3,7 @@ use crate::kmod::ModDb;
 use crate::log;
 use std::collections::HashSet;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 fn collect_modaliases(dir: &Path, out: &mut HashSet<String>, depth: usize) {
     if depth > 32 {
@@ -27,13 +28,45 @@ fn collect_modaliases(dir: &Path, out: &mut HashSet<String>, depth: usize) {
     }
 }
 
-/// Load modules for every device present, repeating while new modules bring new devices. Returns modules loaded.
-pub fn coldplug(db: &ModDb) -> usize {
+/// What coldplug did, for the boot's one line: where the modules phase spends its time.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub loaded: usize,
+    pub rounds: usize,
+    /// Time spent walking /sys/devices for modalias files.
+    pub walking: Duration,
+    /// The slowest module loads (a load includes its dependencies and the driver's probe).
+    pub slowest: Vec<(String, Duration)>,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} loaded by coldplug in {} round(s); sysfs walks {:.2}s", self.loaded, self.rounds, self.walking.as_secs_f64())?;
+        if !self.slowest.is_empty() {
+            let s: Vec<String> = self.slowest.iter().map(|(m, d)| format!("{m} {:.2}s", d.as_secs_f64())).collect();
+            write!(f, "; slowest: {}", s.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// Keep the `n` slowest loads, slowest first.
+fn keep_slowest(slowest: &mut Vec<(String, Duration)>, name: &str, took: Duration, n: usize) {
+    slowest.push((name.to_string(), took));
+    slowest.sort_by_key(|s| std::cmp::Reverse(s.1));
+    slowest.truncate(n);
+}
+
+/// Load modules for every device present, repeating while new modules bring new devices.
+pub fn coldplug(db: &ModDb) -> Report {
     let mut tried: HashSet<String> = HashSet::new();
-    let mut loaded = 0;
+    let mut r = Report::default();
     for _round in 0..8 {
+        r.rounds += 1;
+        let t = Instant::now();
         let mut aliases = HashSet::new();
         collect_modaliases(Path::new("/sys/devices"), &mut aliases, 0);
+        r.walking += t.elapsed();
         let mut new = 0;
         let mut sorted: Vec<_> = aliases.into_iter().collect();
         sorted.sort();
@@ -42,19 +75,21 @@ pub fn coldplug(db: &ModDb) -> usize {
                 if !tried.insert(module.clone()) {
                     continue;
                 }
+                let t = Instant::now();
                 match db.insert(&module, "") {
                     Ok(n) => new += n,
                     // Several modules may claim a device; a refusal (ENODEV etc.) is normal, not fatal.
                     Err(e) => log::line(&format!("modules: {module} for {alias}: {e}")),
                 }
+                keep_slowest(&mut r.slowest, &module, t.elapsed(), 3);
             }
         }
-        loaded += new;
+        r.loaded += new;
         if new == 0 {
             break;
         }
     }
-    loaded
+    r
 }
 
 /// Listen for hot-plugged devices and load their modules, forever (runs in its own thread).
@@ -111,5 +146,23 @@ fn uevent_socket() -> crate::error::Result<libc::c_int> {
             return Err(crate::error::Error::last_os("bind uevent socket"));
         }
         Ok(fd)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_report_names_the_slowest_loads_first() {
+        let mut r = Report { loaded: 4, rounds: 2, walking: Duration::from_millis(420), slowest: vec![] };
+        for (m, ms) in [("virtio_net", 300), ("drm", 1200), ("ahci", 50), ("xhci_pci", 800)] {
+            keep_slowest(&mut r.slowest, m, Duration::from_millis(ms), 3);
+        }
+        assert_eq!(
+            r.to_string(),
+            "4 loaded by coldplug in 2 round(s); sysfs walks 0.42s; slowest: drm 1.20s, xhci_pci 0.80s, virtio_net 0.30s"
+        );
+        assert_eq!(Report::default().to_string(), "0 loaded by coldplug in 0 round(s); sysfs walks 0.00s");
     }
 }

@@ -7,6 +7,7 @@ use std::os::fd::AsRawFd;
 const LOOP_SET_FD: libc::c_ulong = 0x4C00;
 const LOOP_CLR_FD: libc::c_ulong = 0x4C01;
 const LOOP_SET_STATUS64: libc::c_ulong = 0x4C04;
+const LOOP_CHANGE_FD: libc::c_ulong = 0x4C06;
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 
 /// struct loop_info64 from <linux/loop.h>.
@@ -72,6 +73,17 @@ pub fn attach(backing: &str, window: Option<(u64, u64)>, writable: bool) -> Resu
         return Err(Error::last_os(format!("set offset {offset} / size {size} on {} for {backing}", lp.path)));
     }
     Ok(lp)
+}
+
+/// Point the read-only loop device `dev` at `file`, which must hold the same number of sectors (the
+/// kernel checks both); mounts on it carry on, and the old backing file is released.
+pub fn change_backing(dev: &str, file: &File) -> Result<()> {
+    let lp = File::open(dev).ctx(|| format!("open {dev}"))?;
+    // SAFETY: both fds are valid for the duration of the call.
+    if unsafe { libc::ioctl(lp.as_raw_fd(), LOOP_CHANGE_FD, file.as_raw_fd()) } != 0 {
+        return Err(Error::last_os(format!("move {dev} onto a new backing file")));
+    }
+    Ok(())
 }
 
 impl Loop {

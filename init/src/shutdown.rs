@@ -38,7 +38,9 @@ pub fn run(sup: &mut Supervisor, action: Action) -> ! {
     rustix::fs::sync();
     let busy = unmount_all();
     if !busy.is_empty() {
-        log::line(&format!("[shutdown] still busy, remounted read-only: {}", busy.join(" ")));
+        // The root image's copy on the data disk keeps that filesystem busy until the power goes.
+        let why = if crate::rootcopy::on_disk() { " (the root image runs from the data disk)" } else { "" };
+        log::line(&format!("[shutdown] still busy, remounted read-only{why}: {}", busy.join(" ")));
     }
     // Whatever the read-only remounts flushed is on the disks before the power goes.
     rustix::fs::sync();

@@ -6,7 +6,8 @@ use crate::error::Error;
 use crate::services::{self, Supervisor};
 use crate::shutdown::{self, Action};
 use crate::{
-    clock, coldplug, disk, guest_tools, hooks, kmod, log, mounts, network, powerbutton, provision, rescue, shares, sys, timesync, trust,
+    clock, coldplug, disk, guest_tools, hooks, kmod, log, mounts, network, powerbutton, provision, rescue, rootcopy, shares, sys, timesync,
+    trust, tuning,
 };
 use ferry_contract::paths::{self, PERSISTED_HOSTNAME};
 use std::time::Duration;
@@ -73,6 +74,9 @@ pub fn run() -> ! {
     }
     std::thread::spawn(powerbutton::watch_thread);
     std::thread::spawn(hooks::bootlocal_thread);
+    if boot.persistent {
+        std::thread::spawn(rootcopy::thread);
+    }
     let up = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
     log::line(&format!("[boot] userspace up; {}s since kernel start", up.split_whitespace().next().unwrap_or("?")));
     main_loop(&mut boot.sup)
@@ -106,6 +110,7 @@ fn read_cmdline(b: &mut Boot) -> Result<(), Error> {
     if let Err(e) = sys::raise_open_files(sys::OPEN_FILES) {
         log::warn(&format!("open-file limit stays at the kernel's default: {e}"));
     }
+    tuning::apply();
     // Ctrl-Alt-Del becomes SIGINT to us instead of an immediate reboot.
     if let Err(e) = sys::reboot(sys::RebootCommand::CadOff) {
         log::warn(&format!("Ctrl-Alt-Del stays an immediate reboot: {e}"));
@@ -117,8 +122,7 @@ fn modules(b: &mut Boot) -> Result<(), Error> {
     let db = kmod::ModDb::running()?;
     let hot = db.clone();
     std::thread::spawn(move || coldplug::hotplug_thread(hot));
-    let n = coldplug::coldplug(&db);
-    log::line(&format!("modules: {n} loaded by coldplug"));
+    log::line(&format!("modules: {}", coldplug::coldplug(&db)));
     b.db = Some(db);
     Ok(())
 }

@@ -390,6 +390,10 @@ fn provisioner_and_reboot(r: &mut Report, home: &Path) {
         }),
     );
     r.check(
+        "second boot: the root image's copy on the data disk is compared, not written again",
+        wait_console(&m, "[root] image moved off RAM", 5 * MIN).and_then(|_| console_has(&m, &["the copy on the data disk matched"])),
+    );
+    r.check(
         "after reboot: hostname, profile labels and daemon.json still apply",
         (|| {
             let o = retry(2 * MIN, dm_info)?;

@@ -254,6 +254,41 @@ fn normal_boot(r: &mut Report, home: &Path) {
             "/run/ferry/image squashfs /run/ferry/rw tmpfs dockerd-in-image",
         ),
     );
+    // init/src/rootcopy.rs: once the services run, the root image's loop device moves from the initramfs
+    // copy (RAM) to a verified copy on the data disk; init/src/tuning.rs lowers min_free_kbytes.
+    r.check(
+        "the root image runs from a verified copy on the data disk; its RAM copy is freed; min_free_kbytes is the kernel's non-THP value",
+        (|| {
+            retry(5 * MIN, || {
+                if console("e2e").contains("[root] image moved off RAM") {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "no \"[root] image moved off RAM\" line: {}",
+                        console("e2e").lines().filter(|l| l.contains("[root]")).collect::<Vec<_>>().join(" | ")
+                    ))
+                }
+            })?;
+            let o = ssh(concat!(
+                "d=$(grep ' /run/ferry/image ' /proc/mounts | cut -d' ' -f1); d=${d#/dev/}; ",
+                "cat /sys/block/$d/loop/backing_file; echo $(( $(cat /sys/block/$d/size) * 512 )); ",
+                "sudo stat -c '%s %a %U' /var/lib/ferry/rootfs.squashfs; grep Shmem: /proc/meminfo; ",
+                "cat /proc/sys/vm/min_free_kbytes"
+            ))?;
+            let l: Vec<&str> = o.lines().map(str::trim).collect();
+            let [backing, loop_bytes, stat, shmem, min_free] = l[..] else { return Err(format!("unexpected: {o}")) };
+            let shmem_kib: u64 = shmem.split_whitespace().nth(1).and_then(|v| v.parse().ok()).ok_or(format!("Shmem: {shmem}"))?;
+            let min_free: u64 = min_free.parse().map_err(|_| format!("min_free_kbytes {min_free}"))?;
+            if backing != "/var/lib/ferry/rootfs.squashfs"
+                || stat != format!("{loop_bytes} 400 root")
+                || shmem_kib > 32 * 1024
+                || min_free > 16 * 1024
+            {
+                return Err(format!("got {o:?}"));
+            }
+            Ok(format!("Shmem {} MiB, min_free_kbytes {min_free}", shmem_kib / 1024))
+        })(),
+    );
     // rootfs/trim.txt drops containerd's legacy shims: what runs the containers is the runc v2 shim.
     r.check(
         "the running container's shim is containerd-shim-runc-v2; containerd's legacy shims are not in the image",
@@ -353,10 +388,11 @@ sudo sh /tmp/status-loop.sh";
             }
         }),
     );
-    r.check("console shows the engine stopping before power-off", {
+    r.check("console shows the engine stopping before power-off; the disk holding the root image is remounted read-only", {
         let c = console("e2e");
-        match (c.find("[shutdown] engine stopped"), c.find("PowerOff now")) {
-            (Some(a), Some(b)) if a < b => Ok(String::new()),
+        let ro = c.find("[shutdown] still busy, remounted read-only (the root image runs from the data disk): /var/lib");
+        match (c.find("[shutdown] engine stopped"), ro, c.find("PowerOff now")) {
+            (Some(a), Some(r), Some(b)) if a < r && r < b => Ok(String::new()),
             _ => Err(format!("console tail: {}", c.lines().rev().take(15).collect::<Vec<_>>().join(" | "))),
         }
     });
