@@ -30,7 +30,8 @@ pub fn home() -> PathBuf {
     crate::util::machines_home()
 }
 
-fn free_port() -> Result<u16> {
+/// A port on 127.0.0.1 nothing listens on now (for a QEMU forward).
+pub fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").ctx(|| "find a free local port".into())?;
     Ok(l.local_addr().ctx(|| "local port".into())?.port())
 }

@@ -6,7 +6,7 @@
 //! are the same. No data disk, too little room, or any error: the root stays in RAM, as before.
 use crate::error::{Context, Error, Result};
 use crate::{log, loopdev, sys};
-use ferry_contract::paths::{ROOT_IMAGE, ROOT_IMAGE_COPY};
+use ferry_contract::paths::{ROOT_IMAGE, ROOT_IMAGE_COPY, ROOT_IMAGE_MOUNT as IMAGE_MOUNT};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -17,8 +17,6 @@ use std::time::Instant;
 /// Free space the copy must leave on the data disk: containers come first.
 const HEADROOM: u64 = 512 << 20;
 const CHUNK: usize = 1 << 20;
-/// Where stage A mounted the image (rootswitch.rs moves it there).
-const IMAGE_MOUNT: &str = "/run/ferry/image";
 
 static ON_DISK: AtomicBool = AtomicBool::new(false);
 

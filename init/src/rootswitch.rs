@@ -4,7 +4,7 @@
 use crate::error::{Context, Error, Result};
 use crate::{kmod, log, loopdev, mounts, sys};
 
-use ferry_contract::paths::{INITRAMFS_MARKER as MARKER, ROOT_IMAGE as IMAGE};
+use ferry_contract::paths::{INITRAMFS_MARKER as MARKER, ROOT_IMAGE as IMAGE, ROOT_IMAGE_MOUNT};
 
 /// Is this process running from Ferry's initramfs?
 pub fn in_initramfs() -> bool {
@@ -42,9 +42,10 @@ pub fn build_newroot() -> Result<()> {
     let run = mounts::RUN;
     sys::mkdir_p(format!("/newroot{}", run.target), 0o755)?;
     sys::mount(run.source, &format!("/newroot{}", run.target), run.fstype, run.flags, run.data)?;
-    for (from, to) in [("/lower", "/newroot/run/ferry/image"), ("/rw", "/newroot/run/ferry/rw")] {
-        sys::mkdir_p(to, 0o755)?;
-        sys::mount_move(from, to)?;
+    for (from, to) in [("/lower", ROOT_IMAGE_MOUNT), ("/rw", "/run/ferry/rw")] {
+        let to = format!("/newroot{to}");
+        sys::mkdir_p(&to, 0o755)?;
+        sys::mount_move(from, &to)?;
     }
     for m in mounts::EARLY {
         let to = format!("/newroot{}", m.target);

@@ -76,7 +76,7 @@ fn main() {
     let peer_tar = peer_root(&kver).unwrap_or_else(|e| fail(&format!("the peer's root: {e}")));
     let tar = busybox_rootfs_tar().unwrap_or_else(|e| fail(&e));
 
-    let native_port = free_port();
+    let native_port = ferry_builder::machine::free_port().unwrap_or_else(|e| fail(&format!("a free port: {e}")));
     let ferry = measure("ferry", &tar, Some(native_port), |m| {
         // As `ferry up` makes it: a 20 GiB sparse format-me data disk, formatted on this first boot.
         m.create(Some(20 << 30)).map_err(|e| e.to_string())?;
@@ -275,14 +275,6 @@ fn peer_disk(m: &Machine, tar: &Path, kver: &str) -> Result<(PathBuf, PathBuf, f
     let size = std::fs::metadata(&qcow2).map_err(|e| e.to_string())?.len() as f64 / (1 << 20) as f64;
     let _ = std::fs::remove_file(&qcow2);
     Ok((disk, initrd, size))
-}
-
-/// A port on 127.0.0.1 nothing listens on now (for QEMU's forward of the bench listener).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| fail(&format!("a free port: {e}")))
 }
 
 /// Row (f): an image of one LOAD_MIB MiB layer (imported, then saved to the host), loaded through the
