@@ -3,6 +3,7 @@
 //! shared folders, the names both sides check (hostnames, kernel modules), the one way files are
 //! replaced and the one restart back-off. Pure code on bytes and strings (only `file` touches the filesystem): init, the engine and the
 //! image builder all depend on it, and on nothing of each other's for these.
+pub mod containerd;
 pub mod error;
 pub mod file;
 pub mod glob;

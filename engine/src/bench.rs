@@ -1,11 +1,12 @@
 //! A second API listener for the versus bench only (issue 17, row f): with `ferry.bench=dockerd-tls` on
-//! the kernel command line, dockerd also serves the API itself on 2377 with its own TLS, from the
-//! provisioned material, so the bench can compare the front door with dockerd's native TLS in the same VM.
-//! Without that option (every machine a user runs) nothing changes: the front door is the only listener.
+//! the kernel command line, dockerd also serves the API itself on 12376 (not Swarm's 2377) with its own
+//! TLS, from the provisioned material, so the bench can compare the front door with dockerd's native TLS
+//! in the same VM. Without that option (every machine a user runs) nothing changes: the front door is
+//! the only listener.
 use std::path::Path;
 
 pub const OPTION: &str = "ferry.bench=dockerd-tls";
-pub const PORT: u16 = 2377;
+pub const PORT: u16 = 12376;
 
 /// dockerd's flags for the bench listener, when `cmdline` asks for it and `tls_dir` holds the provisioned
 /// ca.pem, server.pem and server-key.pem (the same client certificates work on both listeners).
@@ -43,7 +44,7 @@ mod tests {
         assert_eq!(native_tls_args("quiet ferry.bench=poweroff", &dir), None, "not asked: no listener");
         assert_eq!(native_tls_args("xferry.bench=dockerd-tls", &dir), None);
         let a = native_tls_args("console=ttyS0 ferry.bench=dockerd-tls", &dir).unwrap();
-        assert_eq!(&a[..3], ["-H", "tcp://0.0.0.0:2377", "--tlsverify"]);
+        assert_eq!(&a[..3], ["-H", "tcp://0.0.0.0:12376", "--tlsverify"]);
         assert!(a[3].ends_with("/ca.pem") && a[5].ends_with("/server-key.pem"), "{a:?}");
         let _ = std::fs::remove_dir_all(dir);
     }

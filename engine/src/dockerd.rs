@@ -1,5 +1,6 @@
 //! dockerd under the engine manager: start, stop (graceful, containers get SIGTERM), status, restart with
 //! back-off when it dies unasked, readiness by `GET /_ping` on its unix socket.
+use crate::containerd;
 use crate::error::{Context, Result};
 use rustix::process::{Pid, Signal};
 use std::path::{Path, PathBuf};
@@ -17,9 +18,9 @@ pub const DEFAULTS: &[(&str, &str, &str, &str)] =
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(22);
 /// dockerd writes its pid here; a dockerd left by a previous engine manager is found through it.
 pub const PID_FILE: &str = "/var/run/docker.pid";
-/// dockerd's own containerd; it may outlive dockerd by a moment, and a dockerd started meanwhile would
-/// attach to it while it shuts down.
-const CONTAINERD_PID_FILE: &str = "/var/run/docker/containerd/containerd.pid";
+/// containerd (Ferry's, or dockerd's own); it may outlive dockerd by a moment, and a dockerd started
+/// meanwhile would attach to it while it shuts down.
+const CONTAINERD_PID_FILE: &str = ferry_contract::containerd::PID_FILE;
 
 /// Debian installs dockerd in /usr/sbin; other layouts in /usr/bin.
 pub fn binary() -> PathBuf {
@@ -43,11 +44,26 @@ pub struct Dockerd {
     pub env: Vec<(String, String)>,
     /// Top-level keys of the config file dockerd reads.
     pub config_keys: Vec<String>,
+    /// dockerd runs with Ferry's containerd (`--containerd`), which the engine then keeps running.
+    external_containerd: bool,
+    /// The containerd the engine started (PID 1 started the first one), to reap.
+    containerd_child: Option<Child>,
 }
 
 impl Dockerd {
     pub fn new(binary: PathBuf, log_file: PathBuf, socket: PathBuf) -> Dockerd {
-        Dockerd { binary, log_file, socket, child: None, adopted: None, extra_args: vec![], env: vec![], config_keys: vec![] }
+        Dockerd {
+            binary,
+            log_file,
+            socket,
+            child: None,
+            adopted: None,
+            extra_args: vec![],
+            env: vec![],
+            config_keys: vec![],
+            external_containerd: false,
+            containerd_child: None,
+        }
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -60,7 +76,67 @@ impl Dockerd {
     pub fn adopt(&mut self, pid_file: &Path) -> Option<i32> {
         let pid = running_as(pid_file, "dockerd")?;
         self.adopted = Some(pid);
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        self.external_containerd = cmdline.split(|b| *b == 0).any(|a| a == b"--containerd");
         Some(pid)
+    }
+
+    /// Before a start: dockerd gets Ferry's containerd, started again or replaced if need be, unless its
+    /// settings make it start its own (containerd::dockerd_owns_it). Returns what the log should say.
+    pub async fn prepare_containerd(&mut self) -> Option<String> {
+        self.reap_containerd();
+        let current = containerd::running();
+        if let Some(why) = containerd::dockerd_owns_it(&self.extra_args, &self.config_keys) {
+            self.external_containerd = false;
+            let pid = current.filter(|p| containerd::in_place(*p))?;
+            containerd::stop(pid).await;
+            return Some(format!("containerd: dockerd starts its own ({why}); Ferry's is stopped"));
+        }
+        let mut note = None;
+        if let Some(pid) = current {
+            if containerd::in_place(pid) {
+                self.external_containerd = true;
+                return None;
+            }
+            containerd::stop(pid).await;
+            note = Some(format!("containerd {pid} did not run in {}: replaced", ferry_contract::containerd::DATA_ROOT));
+        }
+        Some(match self.start_containerd() {
+            Ok(pid) => format!("containerd: started (pid {pid}){}", note.map(|n| format!("; {n}")).unwrap_or_default()),
+            Err(e) => format!("ERROR: {e}; dockerd starts its own containerd"),
+        })
+    }
+
+    fn start_containerd(&mut self) -> Result<i32> {
+        self.external_containerd = false;
+        let (child, pid) = containerd::spawn(&self.log_file)?;
+        self.containerd_child = Some(child);
+        self.external_containerd = true;
+        Ok(pid)
+    }
+
+    /// Collect the exit of a containerd the engine started.
+    fn reap_containerd(&mut self) {
+        if let Some(c) = self.containerd_child.as_mut() {
+            if !matches!(c.try_wait(), Ok(None)) {
+                self.containerd_child = None;
+            }
+        }
+    }
+
+    /// While dockerd runs with Ferry's containerd: start it again if it is gone (dockerd reconnects).
+    pub fn keep_containerd(&mut self) -> Option<String> {
+        if !self.external_containerd || self.pid().is_none() {
+            return None;
+        }
+        self.reap_containerd();
+        if containerd::running().is_some() {
+            return None;
+        }
+        Some(match self.start_containerd() {
+            Ok(pid) => format!("containerd was gone; started again (pid {pid})"),
+            Err(e) => format!("ERROR: containerd was gone and did not start again: {e}"),
+        })
     }
 
     /// ARGS, the defaults the profile's flags and the config file's keys do not set, then the profile's flags.
@@ -77,6 +153,9 @@ impl Dockerd {
             }
         }
         out.extend(self.extra_args.iter().cloned());
+        if self.external_containerd {
+            out.extend(["--containerd".to_string(), ferry_contract::containerd::SOCKET.to_string()]);
+        }
         out
     }
 
@@ -126,6 +205,7 @@ impl Dockerd {
         if let Some(pid) = containerd {
             stop_pid(pid).await;
         }
+        self.reap_containerd();
         Ok(stopped)
     }
 
@@ -172,14 +252,14 @@ fn alive(pid: i32) -> bool {
 }
 
 /// The pid in `pid_file`, if that process is alive and named `comm` (a stale file may name another one).
-fn running_as(pid_file: &Path, comm: &str) -> Option<i32> {
+pub(crate) fn running_as(pid_file: &Path, comm: &str) -> Option<i32> {
     let pid: i32 = std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
     let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
     (pid > 1 && name.trim() == comm && alive(pid)).then_some(pid)
 }
 
 /// SIGTERM a process that is not our child, wait for it to go, SIGKILL after STOP_TIMEOUT.
-async fn stop_pid(pid: i32) -> bool {
+pub(crate) async fn stop_pid(pid: i32) -> bool {
     if !alive(pid) {
         return false;
     }

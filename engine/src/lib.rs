@@ -2,6 +2,7 @@
 //! dockerd's unix socket, supervises dockerd, and serves `/etc/init.d/docker` through a control socket.
 pub mod bench;
 pub mod certs;
+pub mod containerd;
 pub mod control;
 pub mod daemon_config;
 pub mod dockerd;

@@ -229,6 +229,9 @@ impl Engine {
 impl Daemon for Engine {
     async fn prepare(&mut self) {
         self.apply_profile().await;
+        if let Some(note) = self.d.prepare_containerd().await {
+            log(&note);
+        }
     }
     fn spawn(&mut self) -> ferry_engine::error::Result<()> {
         self.d.start()
@@ -249,6 +252,9 @@ impl Daemon for Engine {
         format!("{}:\n{}", self.d.log_file.display(), self.d.log_tail(6))
     }
     fn housekeeping(&mut self) {
+        if let Some(note) = self.d.keep_containerd() {
+            log(&note);
+        }
         self.follow_addresses();
     }
 }

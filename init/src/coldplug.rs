@@ -37,6 +37,16 @@ pub struct Report {
     pub walking: Duration,
     /// The slowest module loads (a load includes its dependencies and the driver's probe).
     pub slowest: Vec<(String, Duration)>,
+    /// Aliases left for later (`deferred`), sorted.
+    pub deferred: Vec<String>,
+}
+
+/// The CPU's own alias (`cpu:type:x86,...:feature:...`) asks for modules that use its instructions:
+/// checksums and ciphers (crc32_pclmul, aesni_intel, sha*_ssse3 ...), kvm. Nothing before the engine
+/// needs them (the kernel's generic code serves until they load), and their self-tests are among the
+/// slowest loads of the boot under TCG, so they load after the services start (`load_later`).
+pub fn deferred(alias: &str) -> bool {
+    alias.starts_with("cpu:")
 }
 
 impl std::fmt::Display for Report {
@@ -45,6 +55,9 @@ impl std::fmt::Display for Report {
         if !self.slowest.is_empty() {
             let s: Vec<String> = self.slowest.iter().map(|(m, d)| format!("{m} {:.2}s", d.as_secs_f64())).collect();
             write!(f, "; slowest: {}", s.join(", "))?;
+        }
+        if !self.deferred.is_empty() {
+            write!(f, "; the CPU's modules load after the services")?;
         }
         Ok(())
     }
@@ -68,8 +81,14 @@ pub fn coldplug(db: &ModDb) -> Report {
         collect_modaliases(Path::new("/sys/devices"), &mut aliases, 0);
         r.walking += t.elapsed();
         let mut new = 0;
-        let mut sorted: Vec<_> = aliases.into_iter().collect();
+        let (later, mut sorted): (Vec<_>, Vec<_>) = aliases.into_iter().partition(|a| deferred(a));
         sorted.sort();
+        for a in later {
+            if !r.deferred.contains(&a) {
+                r.deferred.push(a);
+            }
+        }
+        r.deferred.sort();
         for alias in sorted {
             for module in db.lookup(&alias) {
                 if !tried.insert(module.clone()) {
@@ -90,6 +109,23 @@ pub fn coldplug(db: &ModDb) -> Report {
         }
     }
     r
+}
+
+/// Load the modules for `aliases` (coldplug's deferred ones), in a thread at the lowest priority.
+pub fn load_later(db: ModDb, aliases: Vec<String>) {
+    // Nice 19 for this thread only (Linux priorities are per thread): the engine's start comes first.
+    let _ = rustix::process::setpriority_process(None, 19);
+    let t = Instant::now();
+    let mut loaded = 0;
+    for alias in &aliases {
+        for module in db.lookup(alias) {
+            match db.insert(&module, "") {
+                Ok(n) => loaded += n,
+                Err(e) => log::line(&format!("modules: {module} for the CPU: {e}")),
+            }
+        }
+    }
+    log::line(&format!("modules: {loaded} for the CPU's features loaded after the services in {:.2}s", t.elapsed().as_secs_f64()));
 }
 
 /// Listen for hot-plugged devices and load their modules, forever (runs in its own thread).
@@ -155,7 +191,7 @@ mod tests {
 
     #[test]
     fn the_report_names_the_slowest_loads_first() {
-        let mut r = Report { loaded: 4, rounds: 2, walking: Duration::from_millis(420), slowest: vec![] };
+        let mut r = Report { loaded: 4, rounds: 2, walking: Duration::from_millis(420), ..Default::default() };
         for (m, ms) in [("virtio_net", 300), ("drm", 1200), ("ahci", 50), ("xhci_pci", 800)] {
             keep_slowest(&mut r.slowest, m, Duration::from_millis(ms), 3);
         }
@@ -164,5 +200,16 @@ mod tests {
             "4 loaded by coldplug in 2 round(s); sysfs walks 0.42s; slowest: drm 1.20s, xhci_pci 0.80s, virtio_net 0.30s"
         );
         assert_eq!(Report::default().to_string(), "0 loaded by coldplug in 0 round(s); sysfs walks 0.00s");
+        r.deferred = vec!["cpu:type:x86,ven0000fam0006mod003F:feature:,0000,0001".into()];
+        assert!(r.to_string().ends_with("; the CPU's modules load after the services"), "{r}");
+    }
+
+    #[test]
+    fn only_the_cpus_own_alias_waits() {
+        assert!(deferred("cpu:type:x86,ven0000fam0006mod003F:feature:,0000,0001,0002"));
+        for a in ["pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01", "virtio:d00000001v00001AF4", "acpi:QEMU0002:", "platform:pcspkr"]
+        {
+            assert!(!deferred(a), "{a}");
+        }
     }
 }

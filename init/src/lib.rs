@@ -5,6 +5,7 @@ pub mod blockdev;
 pub mod clock;
 pub mod cmdline;
 pub mod coldplug;
+pub mod containerd;
 pub mod dhcp;
 pub mod disk;
 pub mod error;

@@ -6,8 +6,8 @@ use crate::error::Error;
 use crate::services::{self, Supervisor};
 use crate::shutdown::{self, Action};
 use crate::{
-    clock, coldplug, disk, guest_tools, hooks, kmod, log, mounts, network, powerbutton, provision, rescue, rootcopy, shares, sys, timesync,
-    trust, tuning,
+    clock, coldplug, containerd, disk, guest_tools, hooks, kmod, log, mounts, network, powerbutton, provision, rescue, rootcopy, shares,
+    sys, timesync, trust, tuning,
 };
 use ferry_contract::paths::{self, PERSISTED_HOSTNAME};
 use std::time::Duration;
@@ -32,6 +32,8 @@ pub struct Boot {
     /// The data disk is mounted; else everything lives in RAM and `fallback` holds a failed format-me
     /// disk's userdata, so its SSH keys still work.
     persistent: bool,
+    /// The CPU's aliases, whose modules load after the services (coldplug::deferred).
+    cpu_aliases: Vec<String>,
     fallback: Vec<ferry_contract::userdata::Entry>,
     sup: Supervisor,
 }
@@ -50,6 +52,8 @@ pub const PHASES: &[Phase] = &[
     Phase { name: "clock", on_error: OnError::Continue, run: |_| clock::apply_floor().map(|note| log::line(&note)) },
     // The disk comes before the network so the persisted hostname is the one DHCP announces.
     Phase { name: "disk", on_error: OnError::Continue, run: data_disk },
+    // As soon as /var/lib/docker is where it stays: containerd starts while the network and clock settle.
+    Phase { name: "containerd", on_error: OnError::Continue, run: |_| containerd::start().map(|s| log::line(&s)) },
     Phase { name: "network", on_error: OnError::Continue, run: network },
     // Before the engine makes or checks certificates: SNTP (a few seconds at most), then the RTC witness.
     Phase { name: "time", on_error: OnError::Continue, run: time },
@@ -76,6 +80,10 @@ pub fn run() -> ! {
     std::thread::spawn(hooks::bootlocal_thread);
     if boot.persistent {
         std::thread::spawn(rootcopy::thread);
+    }
+    if let Some(db) = boot.db.clone() {
+        let aliases = std::mem::take(&mut boot.cpu_aliases);
+        std::thread::spawn(move || coldplug::load_later(db, aliases));
     }
     let up = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
     log::line(&format!("[boot] userspace up; {}s since kernel start", up.split_whitespace().next().unwrap_or("?")));
@@ -122,7 +130,9 @@ fn modules(b: &mut Boot) -> Result<(), Error> {
     let db = kmod::ModDb::running()?;
     let hot = db.clone();
     std::thread::spawn(move || coldplug::hotplug_thread(hot));
-    log::line(&format!("modules: {}", coldplug::coldplug(&db)));
+    let report = coldplug::coldplug(&db);
+    log::line(&format!("modules: {report}"));
+    b.cpu_aliases = report.deferred;
     b.db = Some(db);
     Ok(())
 }
@@ -271,10 +281,12 @@ mod tests {
     #[test]
     fn the_order_the_boot_relies_on() {
         // The persisted hostname (disk) before DHCP announces one; SNTP before the engine's certificates;
-        // shares and boot2docker's hooks before the engine starts.
+        // shares and boot2docker's hooks before the engine starts; containerd on the data disk, and early.
         for (before, after) in [
             ("modules", "disk"),
             ("disk", "network"),
+            ("disk", "containerd"),
+            ("containerd", "network"),
             ("network", "time"),
             ("time", "services"),
             ("userdata", "services"),

@@ -340,6 +340,31 @@ fn boot2docker_disk(r: &mut Report, home: &Path) {
         })(),
     );
     let _ = ssh(home, "b2d", "sudo rm -f /var/lib/boot2docker/profile && sudo /etc/init.d/docker restart");
+    // engine/src/containerd.rs: settings that dockerd passes to the containerd it starts (here the log
+    // level) make it start its own, as without Ferry; without them it gets Ferry's again.
+    let containerd_parent = "sudo sh -c 'p=$(cat /var/run/docker/containerd/containerd.pid); \
+         grep ^PPid /proc/$p/status | cut -f2; cat /var/run/docker.pid; echo; xargs -0 echo < /proc/$(cat /var/run/docker.pid)/cmdline'";
+    r.check(
+        "EXTRA_ARGS='--debug': dockerd starts its own containerd (debug logs included); without it, Ferry's again",
+        (|| {
+            ssh(home, "b2d", "echo \"EXTRA_ARGS='--debug'\" | sudo tee /var/lib/boot2docker/profile")?;
+            contains(ssh(home, "b2d", "sudo /etc/init.d/docker restart"), "started")?;
+            console_has(&m, &["containerd: dockerd starts its own (the profile's EXTRA_ARGS set --debug); Ferry's is stopped"])?;
+            let o = ssh(home, "b2d", containerd_parent)?;
+            let l: Vec<&str> = o.lines().map(str::trim).collect();
+            if l.len() < 3 || l[0] != l[1] || l[2].contains("--containerd") || !l[2].contains("--debug") {
+                return Err(format!("containerd's parent, dockerd's pid and command line: {o}"));
+            }
+            ssh(home, "b2d", "sudo rm -f /var/lib/boot2docker/profile")?;
+            contains(ssh(home, "b2d", "sudo /etc/init.d/docker restart"), "started")?;
+            let o = ssh(home, "b2d", containerd_parent)?;
+            let l: Vec<&str> = o.lines().map(str::trim).collect();
+            if l.len() < 3 || l[0] == l[1] || !l[2].contains("--containerd /var/run/docker/containerd/containerd.sock") {
+                return Err(format!("after the profile went: containerd's parent, dockerd's pid and command line: {o}"));
+            }
+            contains(retry(MIN, || env.run(&["version", "--format", "{{.Server.Version}}"], None, MIN)), "26.")
+        })(),
+    );
     r.check(
         "docker-machine ls's request: GET /v1.15/version over mTLS answers with the engine version",
         (|| {

@@ -242,6 +242,32 @@ fn normal_boot(r: &mut Report, home: &Path) {
             }
         })(),
     );
+    // init/src/coldplug.rs: the CPU's alias (checksum and cipher acceleration, kvm) is served after the
+    // services start, off the boot's path.
+    r.check(
+        "the CPU's modules (aesni_intel, crc32_pclmul) load after the services, not during coldplug",
+        (|| {
+            let loaded = retry(2 * MIN, || {
+                let c = console("e2e");
+                c.lines()
+                    .find(|l| l.contains("for the CPU's features loaded after the services"))
+                    .map(str::to_string)
+                    .filter(|_| c.contains("[services] done"))
+                    .ok_or_else(|| "no \"for the CPU's features loaded after the services\" line yet".to_string())
+            })?;
+            let c = console("e2e");
+            let (Some(services), Some(cpu)) = (c.find("[services] done"), c.find(&loaded)) else { return Err(loaded) };
+            let coldplug = c.lines().find(|l| l.contains("loaded by coldplug")).unwrap_or("");
+            let m = ssh("cat /proc/modules")?;
+            if cpu < services
+                || !coldplug.contains("the CPU's modules load after the services")
+                || !["aesni_intel", "crc32_pclmul"].iter().all(|x| m.contains(x))
+            {
+                return Err(format!("{coldplug} | {loaded} | aesni_intel loaded: {}", m.contains("aesni_intel")));
+            }
+            Ok(loaded.trim().to_string())
+        })(),
+    );
     r.check(
         "no zombie processes (PID 1 reaps)",
         ssh("grep -l '^State:.*Z' /proc/[0-9]*/status || true").and_then(|o| if o.trim().is_empty() { Ok(String::new()) } else { Err(o) }),
@@ -300,6 +326,61 @@ fn normal_boot(r: &mut Report, home: &Path) {
                     Err(format!("got {o:?}"))
                 }
             }),
+    );
+    // init/src/containerd.rs starts containerd right after the disk; engine/src/containerd.rs hands it to
+    // dockerd and starts it again when it is gone (dockerd given --containerd never starts one itself).
+    r.check(
+        "containerd starts with the disk (PID 1's child, before the network) and dockerd gets it; killed, it is started again",
+        (|| {
+            let c = console("e2e");
+            match (c.find("containerd: started (pid"), c.find("[containerd] done"), c.find("[network] done")) {
+                (Some(a), Some(b), Some(n)) if a < b && b < n => {}
+                _ => {
+                    return Err(format!(
+                        "console: {}",
+                        c.lines().filter(|l| l.contains("containerd") || l.contains("[network]")).collect::<Vec<_>>().join(" | ")
+                    ))
+                }
+            }
+            let facts = "sudo sh -c 'p=$(cat /var/run/docker/containerd/containerd.pid); \
+                 echo $p $(grep ^PPid /proc/$p/status | cut -f2); xargs -0 echo < /proc/$(cat /var/run/docker.pid)/cmdline'";
+            let o = ssh(facts)?;
+            let mut words = o.split_whitespace();
+            let (Some(old), Some("1")) = (words.next(), words.next()) else { return Err(format!("containerd pid, parent: {o}")) };
+            if !o.contains("--containerd /var/run/docker/containerd/containerd.sock") {
+                return Err(format!("dockerd's command line: {o}"));
+            }
+            ssh(&format!("sudo kill -9 {old}"))?;
+            let again = retry(2 * MIN, || {
+                env.run(&["run", "--rm", "ferry-busybox:test", "busybox", "true"], None, MIN)?;
+                let o = ssh(facts)?;
+                let now = o.split_whitespace().next().unwrap_or("").to_string();
+                if now == old || !console("e2e").contains("containerd was gone; started again") {
+                    return Err(format!("after the kill: {o}"));
+                }
+                Ok(now)
+            })?;
+            Ok(format!("containerd {old} killed; {again} runs the containers"))
+        })(),
+    );
+    // rootfs/trim.txt drops systemd's programs and private libraries, dpkg's state and localedef: gone,
+    // and no program left in the image misses a library (ld.so lists each one's).
+    r.check(
+        "systemd's programs and private libraries, dpkg's state and localedef are not in the image; every program finds its libraries",
+        ssh(concat!(
+            "for f in /usr/bin/systemctl /usr/lib/systemd/systemd /usr/lib/systemd/systemd-networkd /usr/lib/x86_64-linux-gnu/systemd ",
+            "/var/lib/dpkg/info /usr/bin/localedef; do test -e $f && echo present:$f; done; n=0; ",
+            "for f in /usr/bin/* /usr/sbin/* /usr/lib/openssh/* /usr/local/bin/*; do [ -f $f ] || continue; n=$((n+1)); ",
+            "/lib64/ld-linux-x86-64.so.2 --list $f 2>/dev/null | grep -q 'not found' && echo missing-library:$f; done; echo checked=$n"
+        ))
+        .and_then(|o| {
+            let n: u32 = o.lines().find_map(|l| l.strip_prefix("checked=")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+            if n > 100 && !o.contains("present:") && !o.contains("missing-library:") {
+                Ok(format!("{n} programs"))
+            } else {
+                Err(o)
+            }
+        }),
     );
     r.check(
         "/etc/init.d/docker status|stop|start control dockerd through the manager",
