@@ -88,9 +88,12 @@ impl Dockerd {
         let current = containerd::running();
         if let Some(why) = containerd::dockerd_owns_it(&self.extra_args, &self.config_keys) {
             self.external_containerd = false;
-            let pid = current.filter(|p| containerd::in_place(*p))?;
-            containerd::stop(pid).await;
-            return Some(format!("containerd: dockerd starts its own ({why}); Ferry's is stopped"));
+            let mut note = format!("containerd: dockerd starts its own ({why})");
+            if let Some(pid) = current.filter(|p| containerd::in_place(*p)) {
+                containerd::stop(pid).await;
+                note.push_str("; Ferry's is stopped");
+            }
+            return Some(note);
         }
         let mut note = None;
         if let Some(pid) = current {
