@@ -44,9 +44,9 @@ pub const ENGINE_SOCK: &str = "/run/ferry/engine.sock";
 /// In the initramfs: the compressed root image, and the file that says "this is stage A".
 pub const ROOT_IMAGE: &str = "/rootfs.squashfs";
 pub const INITRAMFS_MARKER: &str = "/ferry-initramfs";
-/// The data disk's copy of the root image, which the root runs from once verified (init/src/rootcopy.rs).
 /// Where stage A moves the root image's squashfs mount in the new root (kept visible for inspection).
 pub const ROOT_IMAGE_MOUNT: &str = "/run/ferry/image";
+/// The data disk's copy of the root image, which the root runs from once verified (init/src/rootcopy.rs).
 pub const ROOT_IMAGE_COPY: &str = "/var/lib/ferry/rootfs.squashfs";
 
 /// QEMU fw_cfg items the host CLI passes (`-fw_cfg name=...`) and init reads.

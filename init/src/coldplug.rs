@@ -1,6 +1,6 @@
 //! Device coldplug (walk /sys/devices for modalias files) and hotplug (kernel uevent netlink socket).
 use crate::kmod::ModDb;
-use crate::log;
+use crate::{log, sys};
 use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -113,8 +113,7 @@ pub fn coldplug(db: &ModDb) -> Report {
 
 /// Load the modules for `aliases` (coldplug's deferred ones), in a thread at the lowest priority.
 pub fn load_later(db: ModDb, aliases: Vec<String>) {
-    // Nice 19 for this thread only (Linux priorities are per thread): the engine's start comes first.
-    let _ = rustix::process::setpriority_process(None, 19);
+    sys::lowest_priority_for_this_thread();
     let t = Instant::now();
     let mut loaded = 0;
     for alias in &aliases {

@@ -4,36 +4,20 @@
 //! owns it from then on: it hands it to dockerd, replaces it when a hook moved /var/lib/docker, and
 //! starts it again when it is gone (engine/src/containerd.rs). PID 1 only reaps it.
 use crate::error::{Error, Result};
+use crate::services::{self, Output, ServiceSpec};
 use crate::sys;
 use ferry_contract::{containerd as c, paths};
-use std::os::unix::process::CommandExt;
+
+/// Started once, not supervised: its output goes to dockerd's log, as when dockerd starts it.
+const CONTAINERD: ServiceSpec = ServiceSpec { name: "containerd", argv: c::ARGV, output: Output::File(paths::DOCKER_LOG), user: None };
 
 pub fn start() -> Result<String> {
     // dockerd's modes for its exec-root and data root (it would create them so).
     sys::mkdir_p(c::STATE_DIR, 0o700)?;
     sys::mkdir_p(c::DATA_ROOT, 0o710)?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(paths::DOCKER_LOG)
-        .map_err(|e| Error::io(format!("open {}", paths::DOCKER_LOG), e))?;
-    let log2 = log.try_clone().map_err(|e| Error::io(format!("dup {}", paths::DOCKER_LOG), e))?;
-    let mut cmd = std::process::Command::new(c::ARGV[0]);
-    cmd.args(&c::ARGV[1..])
-        .env_clear()
-        .env("PATH", sys::PATH)
-        .current_dir(c::DATA_ROOT)
-        .stdin(std::process::Stdio::null())
-        .stdout(log)
-        .stderr(log2);
-    sys::unblock_signals_in_child(&mut cmd);
-    // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| if libc::setsid() < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
-    }
-    let child = cmd.spawn().map_err(|e| Error::io(format!("start {}", c::BINARY), e))?;
-    let pid = child.id();
-    // PID 1's reaper collects its exit; the handle is dropped without waiting. dockerd's format: no newline.
+    // Its working directory is the data root: the engine checks it is still /var/lib/docker.
+    let pid = services::spawn_in(&CONTAINERD, Some(c::DATA_ROOT)).map_err(|e| Error::io(format!("start {}", c::BINARY), e))?;
+    // dockerd's format: no newline.
     sys::write_atomic(c::PID_FILE, pid.to_string().as_bytes(), 0o644)?;
     Ok(format!("containerd: started (pid {pid}); the engine hands it to dockerd"))
 }

@@ -37,8 +37,7 @@ pub enum Made {
 
 /// The background job: runs after the services phase when the data disk is mounted.
 pub fn thread() {
-    // Nice 19 for this thread only (Linux priorities are per thread): the engine's start comes first.
-    let _ = rustix::process::setpriority_process(None, 19);
+    sys::lowest_priority_for_this_thread();
     let t = Instant::now();
     match move_root() {
         Ok(Some((made, mib))) => {

@@ -205,10 +205,19 @@ pub fn describe(status: i32) -> String {
 }
 
 fn spawn(spec: &ServiceSpec) -> std::io::Result<i32> {
+    spawn_in(spec, None)
+}
+
+/// Start `spec` once, in its own session, with an empty signal mask, in `cwd` (else its home, else /).
+/// PID 1's reaper collects its exit: a process started outside the supervisor has no restart.
+pub fn spawn_in(spec: &ServiceSpec, cwd: Option<&str>) -> std::io::Result<i32> {
     let mut cmd = std::process::Command::new(spec.argv[0]);
     cmd.args(&spec.argv[1..]);
     cmd.env_clear();
     cmd.env("PATH", crate::sys::PATH);
+    if let Some(d) = cwd {
+        cmd.current_dir(d);
+    }
     match spec.output {
         Output::Console => {}
         Output::File(path) => {

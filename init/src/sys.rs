@@ -91,6 +91,12 @@ pub fn reboot(cmd: RebootCommand) -> Result<()> {
     rustix::system::reboot(cmd).map_err(|e| os(format!("reboot(2) {cmd:?}"), e))
 }
 
+/// Nice 19 for the calling thread only (Linux priorities are per thread): background work that must not
+/// hold up the engine's start.
+pub fn lowest_priority_for_this_thread() {
+    let _ = rustix::process::setpriority_process(None, 19);
+}
+
 pub fn block_all_signals() {
     // SAFETY: plain sigset manipulation on a local set.
     unsafe {
