@@ -105,11 +105,11 @@ fn docker_machine_bytes(r: &mut Report, home: &Path) {
                     None,
                     MIN,
                 )?;
-                let size: u64 = info
-                    .split("\"virtual-size\":")
-                    .nth(1)
-                    .and_then(|s| s.split([',', '}']).next())
-                    .and_then(|s| s.trim().parse().ok())
+                // The top level's size: QEMU 8 and later also list the file layer under "children",
+                // whose "virtual-size" is the file's own length.
+                let size = serde_json::from_str::<serde_json::Value>(&info)
+                    .map_err(|e| format!("{f}: qemu-img info is not JSON ({e}): {info}"))?["virtual-size"]
+                    .as_u64()
                     .unwrap_or(0);
                 if !(3 << 30..=(3 << 30) + (256 << 20)).contains(&size) {
                     return Err(format!("{f}: virtual size {size}"));

@@ -87,7 +87,7 @@ fn shares_ports_clock(r: &mut Report, base: &Path, fhome: &Path, sntp: Option<&S
 
     // Boot 1: QEMU runs as the host user (as `ferry up` from a normal account would), SNTP at 10.0.2.2
     // with an unreachable server listed first.
-    let qemu_args = format!("-runas {user}");
+    let qemu_args = run_as_args(&user);
     let vars: Vec<(&str, &str)> =
         vec![("FERRY_NET_RESTRICT", "0"), ("FERRY_APPEND", "ntpserver=10.0.2.2:124,10.0.2.2"), ("FERRY_QEMU_ARGS", &qemu_args)];
     let share_ro = format!("{}:/srv/extra:ro", extra.display());
@@ -431,6 +431,17 @@ fn host_user() -> Result<String, String> {
     }
     run(Command::new("useradd").args(["-u", "1000", "-U", "-M", "-s", "/usr/sbin/nologin", "ferryhost"]), None, MIN)?;
     Ok("ferryhost".into())
+}
+
+/// QEMU's option that drops to `user` once its files are open: `-run-with user=` where this QEMU
+/// knows it (9.0 and later; QEMU 10 removed `-runas`), else `-runas`.
+fn run_as_args(user: &str) -> String {
+    let help = Command::new("qemu-system-x86_64").arg("-help").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    if help.is_ok_and(|h| h.lines().any(|l| l.starts_with("-run-with") && l.contains("user="))) {
+        format!("-run-with user={user}")
+    } else {
+        format!("-runas {user}")
+    }
 }
 
 /// Guest clock minus host clock, in seconds: the guest prints its time right after reading a line the
