@@ -161,28 +161,13 @@ fn normal_boot(r: &mut Report, home: &Path) {
     // Refusals at the front door (curl as an independent TLS client).
     let url = format!("https://127.0.0.1:{}/_ping", env.port());
     let cp = |f: &str| format!("{}/{f}", env.cert_path);
-    r.check(
-        "control: curl with the client certificate gets OK",
-        contains(
-            run(
-                Command::new("curl").args([
-                    "-sS",
-                    "--max-time",
-                    "20",
-                    "--cacert",
-                    &cp("ca.pem"),
-                    "--cert",
-                    &cp("cert.pem"),
-                    "--key",
-                    &cp("key.pem"),
-                    &url,
-                ]),
-                None,
-                MIN,
-            ),
-            "OK",
-        ),
-    );
+    // curl as the machine's own client (its CA, certificate and key), the rest of the request added.
+    let curl_as_client = |max_time: &str| {
+        let mut c = Command::new("curl");
+        c.args(["-sS", "--max-time", max_time, "--cacert", &cp("ca.pem"), "--cert", &cp("cert.pem"), "--key", &cp("key.pem")]);
+        c
+    };
+    r.check("control: curl with the client certificate gets OK", contains(run(curl_as_client("20").arg(&url), None, MIN), "OK"));
     r.check("a BuildKit build through the front door (POST /build?version=2): RUN and COPY, then the image runs", {
         // The host's docker CLI has no buildx plugin (Debian packages none), so the build is posted
         // the way the API defines it: the context as a tar body, BuildKit chosen by version=2. The
@@ -194,22 +179,7 @@ fn normal_boot(r: &mut Report, home: &Path) {
         let context = write(&[file("Dockerfile", 0o644, dockerfile), file("hello.txt", 0o644, b"copied-by-buildkit\n")]);
         let build_url = format!("https://127.0.0.1:{}/build?version=2&t=ferry-buildkit:test&rm=1", env.port());
         run(
-            Command::new("curl").args([
-                "-sS",
-                "--max-time",
-                "600",
-                "--cacert",
-                &cp("ca.pem"),
-                "--cert",
-                &cp("cert.pem"),
-                "--key",
-                &cp("key.pem"),
-                "-H",
-                "Content-Type: application/x-tar",
-                "--data-binary",
-                "@-",
-                &build_url,
-            ]),
+            curl_as_client("600").args(["-H", "Content-Type: application/x-tar", "--data-binary", "@-", &build_url]),
             Some(&context),
             11 * MIN,
         )
