@@ -349,10 +349,12 @@ fn vm_slot() -> Result<Option<std::fs::File>> {
     }
 }
 
+/// The QEMU that `pidfile` names, while it runs: its command line must give this file as `-pidfile`.
 pub fn pid(pidfile: &Path) -> Option<i32> {
-    let p: i32 = std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()?;
-    // SAFETY: kill with signal 0 only checks existence.
-    (unsafe { libc::kill(p, 0) } == 0).then_some(p)
+    use std::os::unix::ffi::OsStrExt;
+    crate::util::live_pid(pidfile, |args| {
+        args.windows(2).any(|w| w[0] == b"-pidfile" && crate::util::same_file(Path::new(std::ffi::OsStr::from_bytes(w[1])), pidfile))
+    })
 }
 
 /// Send one QMP command (after the capabilities handshake); returns the reply line.
@@ -404,4 +406,34 @@ pub fn wait_exit(pidfile: &Path, timeout: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(200));
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    /// A pid file is trusted only while its pid runs with this file as `-pidfile`, however spelled:
+    /// never once that process has gone and its pid could be another's.
+    #[test]
+    fn a_pid_file_names_its_qemu_only_while_that_runs() {
+        let dir = std::env::temp_dir().join(format!("ferry-pid-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pidfile = dir.join("qemu.pid");
+        std::fs::write(&pidfile, "").unwrap();
+        // sh -c's script ignores the rest, which stays on its command line like QEMU's options.
+        let spelled = dir.join(".").join("qemu.pid");
+        let mut stand_in = Command::new("sh").args(["-c", "sleep 30", "-pidfile"]).arg(&spelled).spawn().unwrap();
+        let mut stranger = Command::new("sleep").arg("30").spawn().unwrap();
+        std::fs::write(&pidfile, format!("{}\n", stand_in.id())).unwrap();
+        assert_eq!(super::pid(&pidfile), Some(stand_in.id() as i32));
+        std::fs::write(&pidfile, format!("{}\n", stranger.id())).unwrap();
+        assert_eq!(super::pid(&pidfile), None, "a live process that is not this machine's QEMU");
+        stranger.kill().unwrap();
+        stranger.wait().unwrap();
+        stand_in.kill().unwrap();
+        stand_in.wait().unwrap();
+        std::fs::write(&pidfile, format!("{}\n", stand_in.id())).unwrap();
+        assert_eq!(super::pid(&pidfile), None, "the process has gone");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -138,10 +138,7 @@ fn pidfile(n: &Network) -> PathBuf {
 
 /// The running switch of `n`: its pid, when the pid file names a live `ferry _switch NET`.
 fn running(n: &Network) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(pidfile(n)).ok()?.trim().parse().ok()?;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    (args.contains(&b"_switch".as_slice()) && args.contains(&n.name.as_bytes())).then_some(pid)
+    crate::util::live_pid(&pidfile(n), |args| args.contains(&b"_switch".as_slice()) && args.contains(&n.name.as_bytes()))
 }
 
 /// Start `n`'s switch unless it runs, and wait until its socket exists. The caller holds network::lock.

@@ -17,6 +17,25 @@ pub fn run(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).to_string())
 }
 
+/// The pid a pid file names, when that process is alive and `is_it` accepts its command line (split at
+/// NULs). A pid file left by a killed process may name a pid the kernel has since given to another
+/// process (pid_max is often 32768); signalling that one would hit a stranger.
+pub fn live_pid(pidfile: &Path, is_it: impl Fn(&[&[u8]]) -> bool) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    is_it(&args).then_some(pid)
+}
+
+/// Whether two paths name the same file (same device and inode), however each is spelled.
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 pub fn sha256_hex(data: &[u8]) -> String {
     hex(&Sha256::digest(data))
 }
@@ -117,7 +136,8 @@ pub fn out_dir() -> PathBuf {
 /// never hides a machine and its disk.
 pub fn machines_home() -> PathBuf {
     if let Some(h) = std::env::var_os("FERRY_HOME") {
-        return PathBuf::from(h);
+        // Absolute, so that the paths QEMU is given (and that live_pid looks for) are the same from any directory.
+        return std::path::absolute(&h).unwrap_or_else(|_| PathBuf::from(h));
     }
     pick_machines_home(data_dir(), home_dir().join(".ferry"))
 }

@@ -335,7 +335,9 @@ fn sigkill(pid: i32) {
 
 /// SIGKILL the QEMU whose pid file this is (a power cut, as far as the guest can tell).
 pub fn kill_qemu(pidfile: &Path) {
-    if let Some(pid) = std::fs::read_to_string(pidfile).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
+    // Only a live QEMU started with this pid file: suites run side by side, and a stale file's pid may
+    // belong to another suite's process by now.
+    if let Some(pid) = ferry_builder::qemu::pid(pidfile) {
         sigkill(pid);
         let end = Instant::now() + Duration::from_secs(10);
         while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < end {
