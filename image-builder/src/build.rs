@@ -106,6 +106,9 @@ fn kernel_version(tree: &Path) -> Result<String> {
     v.pop().ok_or_else(|| Error::msg(format!("no kernel modules in {}", dir.display())))
 }
 
+/// The recipe of the static iptables (a data file run in the build chroot).
+const IPTABLES_SCRIPT: &str = "rootfs/iptables-static.sh";
+
 /// A Debian tree cached as a tarball in ~/.cache/ferry/trees, keyed by what it was made from (package
 /// list, suite). FERRY_REFRESH=1 makes it again (e.g. to pick up a Debian point release).
 fn cached_tree(name: &str, key: &[&str], dest: &Path, make: impl FnOnce(&Path) -> Result<()>) -> Result<bool> {
@@ -182,10 +185,26 @@ fn build_steps(inp: &Inputs) -> Result<serde_json::Value> {
     let versions = debian::package_versions(&root)?;
     s.done(&format!("{} packages{}", versions.len(), if hit { ", from cache" } else { "" }));
 
+    let s = Step::start("iptables: the legacy backend built static from Debian's source");
+    let script = repo.join(IPTABLES_SCRIPT);
+    let recipe = std::fs::read_to_string(&script).ctx(|| format!("read {}", script.display()))?;
+    let ipt = work.join("iptables");
+    let hit =
+        cached_tree("iptables", &[debian::SUITE, &recipe], &ipt, |d| debian::build_in_chroot(d, &script, inp.epoch, "static iptables"))?;
+    let ipt_prog = std::fs::read(ipt.join("xtables-legacy-multi")).ctx(|| format!("read the static iptables from {}", ipt.display()))?;
+    if crate::elf::has_interpreter(&ipt_prog) != Some(false) {
+        return Err(Error::msg(format!("{}: the iptables it built is not a static x86_64 program", script.display())));
+    }
+    let fact = |f: &str| std::fs::read_to_string(ipt.join(f)).unwrap_or_default().trim().to_string();
+    let (ipt_version, ipt_source) = (fact("version"), fact("source"));
+    s.done(&format!("iptables {ipt_version}, {} KB{}", ipt_prog.len() >> 10, if hit { ", from cache" } else { "" }));
+
     let s = Step::start("rootfs: trim, overlay, Ferry binaries, modules");
     let freed = rootfs::trim(&root, &util::read_data_file(&repo.join("rootfs/trim.txt"))?)?;
     let n = rootfs::apply_overlay(&repo.join("rootfs/overlay"), &repo.join("rootfs/modes.txt"), &root)?;
     rootfs::install_ferry_binaries(&root, crate::assets::INIT, crate::assets::FERRY_ENGINE)?;
+    // Debian's alternatives point iptables at the legacy backend (rootfs/customize.txt); this is its program.
+    rootfs::install_file(&root.join("usr/sbin/xtables-legacy-multi"), &ipt_prog, 0o755)?;
     rootfs::install_file(&root.join(paths::relative(paths::BUILD_EPOCH)), format!("{}\n", inp.epoch).as_bytes(), 0o644)?;
     rootfs::install_file(&root.join(paths::relative(paths::VERSION)), format!("{}\n", env!("CARGO_PKG_VERSION")).as_bytes(), 0o644)?;
     let moddir = ktree.join("usr/lib/modules").join(&kver);
@@ -275,6 +294,7 @@ fn build_steps(inp: &Inputs) -> Result<serde_json::Value> {
         "kernel": kver,
         "suite": debian::SUITE,
         "boot_packages": boot_versions.iter().map(|(p, v)| serde_json::json!({"name": p, "version": v})).collect::<Vec<_>>(),
+        "built_from_source": [{"program": "/usr/sbin/xtables-legacy-multi", "package": "iptables", "version": ipt_version, "source": ipt_source}],
         "packages": versions.iter().map(|(p, v)| serde_json::json!({"name": p, "version": v})).collect::<Vec<_>>(),
         "modules": chosen.iter().collect::<Vec<_>>(),
         "firmware": firmware,

@@ -10,6 +10,8 @@ pub const SUITE: &str = "trixie";
 
 /// Archive components: main for everything but the NIC firmware (kernel-config/firmware.txt).
 const MAIN: &str = "main";
+/// mmdebstrap's own default, named because the build chroot needs a `deb-src` line beside it.
+const MIRROR: &str = "http://deb.debian.org/debian";
 pub const FIRMWARE_COMPONENTS: &str = "main,non-free-firmware";
 
 fn base(variant: &str, components: &str, epoch: i64, cache: &Path) -> Command {
@@ -51,6 +53,23 @@ pub fn rootfs(dest: &Path, packages: &[String], customize: &[String], epoch: i64
     }
     c.arg(SUITE).arg(dest);
     run_mmdebstrap(c, "rootfs")
+}
+
+/// Run `script` (sh) as root in a throwaway build chroot (Debian's `buildd` set: the compiler, make,
+/// dpkg-dev; Debian's source archive too, for `apt-get source`) and copy what it leaves in `/out` to
+/// `dest`. The chroot itself is discarded.
+pub fn build_in_chroot(dest: &Path, script: &Path, epoch: i64, what: &str) -> Result<()> {
+    std::fs::create_dir_all(dest).ctx(|| format!("create {}", dest.display()))?;
+    let mut c = base("buildd", MAIN, epoch, &deb_cache()?);
+    c.arg(format!("--customize-hook=copy-in {} /tmp", script.display()));
+    let name = script.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    c.arg(format!("--customize-hook=chroot \"$1\" sh -e /tmp/{name}"));
+    c.arg(format!("--customize-hook=sync-out /out {}", dest.display()));
+    c.arg(SUITE).arg("/dev/null");
+    for kind in ["deb", "deb-src"] {
+        c.arg(format!("{kind} {MIRROR} {SUITE} {MAIN}"));
+    }
+    run_mmdebstrap(c, what)
 }
 
 /// Packages extracted into a tree, no scripts run: the kernel (/boot/vmlinuz-*, /boot/config-*,

@@ -396,6 +396,34 @@ fn normal_boot(r: &mut Report, home: &Path) {
             }
         }),
     );
+    // rootfs/iptables-static.sh: dockerd's iptables is the legacy backend, one static program, and
+    // holds dockerd's rules (the nft tables stay empty).
+    r.check(
+        "iptables is the static legacy program and holds dockerd's NAT rules",
+        (|| {
+            // Its ELF headers (the first 4 KiB, as hex): no program interpreter.
+            let hex = ssh("od -An -v -tx1 -N4096 /usr/sbin/xtables-legacy-multi")?;
+            let head: Vec<u8> = hex.split_whitespace().filter_map(|b| u8::from_str_radix(b, 16).ok()).collect();
+            if ferry_builder::elf::has_interpreter(&head) != Some(false) {
+                return Err(format!("/usr/sbin/xtables-legacy-multi is not a static ELF program ({} bytes read)", head.len()));
+            }
+            let o = ssh(concat!(
+                "sudo iptables -V; sudo ip6tables -V; sudo iptables -t nat -S POSTROUTING; ",
+                "echo nft-rules=$(sudo iptables-nft -t nat -S 2>/dev/null | grep -c DOCKER)"
+            ))?;
+            let ok = o.contains("iptables v1.8")
+                && o.contains("ip6tables v1.8")
+                && !o.contains("nf_tables")
+                && o.matches("(legacy)").count() == 2
+                && o.contains("-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE")
+                && o.contains("nft-rules=0");
+            if ok {
+                Ok(String::new())
+            } else {
+                Err(o)
+            }
+        })(),
+    );
     r.check(
         "/etc/init.d/docker status|stop|start control dockerd through the manager",
         (|| {
