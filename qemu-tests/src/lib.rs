@@ -339,10 +339,7 @@ pub fn kill_qemu(pidfile: &Path) {
     // belong to another suite's process by now.
     if let Some(pid) = ferry_builder::qemu::pid(pidfile) {
         sigkill(pid);
-        let end = Instant::now() + Duration::from_secs(10);
-        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < end {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        ferry_builder::qemu::wait_exit(pidfile, Duration::from_secs(10));
     }
 }
 
