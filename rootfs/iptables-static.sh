@@ -8,8 +8,11 @@ mkdir -p /build /out
 cd /build
 # Only the upstream tarball is fetched, checked against the hash in Debian's signed source index (some
 # mirrors and proxies serve no .dsc); Debian's own patches are not applied.
+die() { echo "iptables-static.sh: $*" >&2; exit 1; }
 version=$(apt-cache showsrc --only-source iptables | sed -n 's/^Version: //p' | head -1)
-line=$(apt-get source --print-uris --only-source "iptables=$version" | grep "\.orig\.tar\.[a-z0-9]*' ")
+[ -n "$version" ] || die "the mirror's source index has no iptables: is a deb-src line for trixie main reachable?"
+line=$(apt-get source --print-uris --only-source "iptables=$version" | grep "\.orig\.tar\.[a-z0-9]*' ") ||
+    die "Debian's source index names no upstream tarball for iptables $version"
 url=$(echo "$line" | cut -d"'" -f2)
 file=$(echo "$line" | cut -d' ' -f2)
 hash=$(echo "$line" | cut -d' ' -f4)

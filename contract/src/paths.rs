@@ -40,6 +40,9 @@ pub const VERSION: &str = "/etc/ferry/version";
 /// Ferry's runtime state (a tmpfs): the engine's control socket, the formatter's staging directory.
 pub const RUN_DIR: &str = "/run/ferry";
 pub const ENGINE_SOCK: &str = "/run/ferry/engine.sock";
+/// Written by PID 1 once the boot's SNTP attempt is over (answered, gave up, or off; the file says
+/// which). The engine manager waits for it before it makes certificates, whose dates come from the clock.
+pub const CLOCK_CHECKED: &str = "/run/ferry/clock-checked";
 
 /// In the initramfs: the compressed root image, and the file that says "this is stage A".
 pub const ROOT_IMAGE: &str = "/rootfs.squashfs";

@@ -115,7 +115,7 @@ struct Engine {
 }
 
 fn paths() -> material::Paths {
-    material::Paths { tls_dir: TLS_DIR.into(), client_dir: Some(CLIENT_DIR.into()) }
+    material::Paths { tls_dir: TLS_DIR.into(), client_dir: Some(CLIENT_DIR.into()), clock_checked: Some(paths::CLOCK_CHECKED.into()) }
 }
 
 /// Read the profile (docker-machine's settings) for the next dockerd start. Errors leave the defaults.

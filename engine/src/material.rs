@@ -54,6 +54,31 @@ pub struct Paths {
     pub tls_dir: PathBuf,
     /// Where the docker user finds the generated client bundle (~/.docker).
     pub client_dir: Option<PathBuf>,
+    /// The file that says the boot's clock check is over (PID 1 writes it): certificates are made only
+    /// after it appears or CLOCK_WAIT has passed, so an RTC that runs ahead does not date them.
+    pub clock_checked: Option<PathBuf>,
+}
+
+/// The longest the first certificates wait for the boot's clock check (PID 1's SNTP gives up after 3.5 s).
+pub const CLOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Wait until `marker` exists or `limit` has passed; one line says so when there is a wait.
+fn wait_for_clock(marker: &Path, limit: std::time::Duration, log: &dyn Fn(&str)) {
+    if marker.exists() {
+        return;
+    }
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        if let Ok(s) = std::fs::read_to_string(marker) {
+            return log(&format!(
+                "waited {:.1} s for the boot's clock check ({}) before making certificates",
+                start.elapsed().as_secs_f64(),
+                s.trim()
+            ));
+        }
+    }
+    log(&format!("no {} after {} s; making certificates with the clock as it is", marker.display(), limit.as_secs()));
 }
 
 pub struct Material {
@@ -107,6 +132,9 @@ pub fn resolve(
             }
             Err(e) => log(&format!("ERROR: generated TLS material unusable ({e}); generating a new set")),
         }
+    }
+    if let Some(m) = &paths.clock_checked {
+        wait_for_clock(m, CLOCK_WAIT, log);
     }
     let now = time::OffsetDateTime::now_utc();
     certs::check_clock(now, floor)?;
@@ -176,7 +204,7 @@ mod tests {
     #[test]
     fn the_client_bundle_is_restored_after_a_reboot() {
         let root = std::env::temp_dir().join(format!("ferry-material-{}", std::process::id()));
-        let paths = Paths { tls_dir: root.join("tls"), client_dir: Some(root.join("home/.docker")) };
+        let paths = Paths { tls_dir: root.join("tls"), client_dir: Some(root.join("home/.docker")), clock_checked: None };
         let ips = ["10.0.2.15".parse().unwrap()];
         resolve(&paths, None, "ferry", &ips, None, &|_| {}).unwrap();
         let cd = root.join("home/.docker");
@@ -192,11 +220,35 @@ mod tests {
         let _ = std::fs::remove_dir_all(root);
     }
 
+    /// The first certificates wait for PID 1's word that the clock was checked, and are made after it.
+    #[test]
+    fn certificates_wait_for_the_clock_check() {
+        let root = std::env::temp_dir().join(format!("ferry-material-clock-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        let marker = root.join("clock-checked");
+        let paths = Paths { tls_dir: root.join("tls"), client_dir: None, clock_checked: Some(marker.clone()) };
+        let writer = {
+            let marker = marker.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(400));
+                std::fs::write(marker, "SNTP 10.0.2.2 answered\n").unwrap();
+            })
+        };
+        let lines = std::cell::RefCell::new(Vec::<String>::new());
+        resolve(&paths, None, "ferry", &[], None, &|l| lines.borrow_mut().push(l.to_string())).unwrap();
+        writer.join().unwrap();
+        let lines = lines.into_inner();
+        assert!(lines.iter().any(|l| l.starts_with("waited") && l.contains("(SNTP 10.0.2.2 answered)")), "{lines:?}");
+        let mtime = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+        assert!(mtime(&root.join("tls/generated/server.pem")) >= mtime(&marker), "made before the clock check");
+        let _ = std::fs::remove_dir_all(root);
+    }
+
     /// Each way provisioned material can be bad has its kind (the messages name the file).
     #[test]
     fn bad_material_is_classified() {
         let root = std::env::temp_dir().join(format!("ferry-material-kinds-{}", std::process::id()));
-        let paths = Paths { tls_dir: root.join("tls"), client_dir: None };
+        let paths = Paths { tls_dir: root.join("tls"), client_dir: None, clock_checked: None };
         resolve(&paths, None, "ferry", &[], None, &|_| {}).unwrap();
         let g = root.join("tls/generated");
         let (ca, cert, key) = (g.join("ca.pem"), g.join("server.pem"), g.join("server-key.pem"));

@@ -199,7 +199,7 @@ fn mismatched_key_and_bad_pem_are_named() {
     assert!(e.contains("ca.pem"), "{e}");
     // resolve() falls back to a generated set and says why.
     let lines = std::sync::Mutex::new(Vec::new());
-    let paths = material::Paths { tls_dir: dir.clone(), client_dir: Some(dir.join("client")) };
+    let paths = material::Paths { tls_dir: dir.clone(), client_dir: Some(dir.join("client")), clock_checked: None };
     let m = material::resolve(&paths, None, "box", &[], None, &|l: &str| lines.lock().unwrap().push(l.to_string())).unwrap();
     assert!(m.source.starts_with("generated"));
     assert!(lines.lock().unwrap().iter().any(|l| l.contains("ca.pem")));
@@ -215,7 +215,7 @@ fn mismatched_key_and_bad_pem_are_named() {
 fn profile_files_first_and_generated_certs_follow_addresses() {
     use x509_parser::prelude::*;
     let dir = tmpdir("follow");
-    let paths = material::Paths { tls_dir: dir.clone(), client_dir: None };
+    let paths = material::Paths { tls_dir: dir.clone(), client_dir: None, clock_checked: None };
     let quiet = |_: &str| {};
     let ip1: std::net::IpAddr = "10.0.2.15".parse().unwrap();
     let ip2: std::net::IpAddr = "192.168.56.101".parse().unwrap();

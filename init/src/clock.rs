@@ -8,16 +8,22 @@ pub fn build_epoch() -> Option<i64> {
     std::fs::read_to_string(BUILD_EPOCH_FILE).ok()?.trim().parse().ok()
 }
 
-/// Returns a note describing what was done.
-pub fn apply_floor() -> Result<String> {
+/// What the floor did: a note for the console, and whether the RTC was before the build (so the clock is
+/// surely wrong until SNTP answers, and the boot waits for it: stage_b's `time` phase).
+pub struct Floor {
+    pub note: String,
+    pub raised: bool,
+}
+
+pub fn apply_floor() -> Result<Floor> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     let Some(floor) = build_epoch() else {
-        return Ok(format!("no {BUILD_EPOCH_FILE}; clock left at {now}"));
+        return Ok(Floor { note: format!("no {BUILD_EPOCH_FILE}; clock left at {now}"), raised: false });
     };
     if now >= floor {
-        return Ok(format!("clock {now} (RTC), build floor {floor}"));
+        return Ok(Floor { note: format!("clock {now} (RTC), build floor {floor}"), raised: false });
     }
     crate::sys::set_clock(floor, 0)?;
     crate::log::warn(&format!("clock {now} was before the build time {floor}; raised to it"));
-    Ok(format!("clock raised to build floor {floor}"))
+    Ok(Floor { note: format!("clock raised to build floor {floor}"), raised: true })
 }

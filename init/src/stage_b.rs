@@ -34,6 +34,8 @@ pub struct Boot {
     persistent: bool,
     /// The CPU's aliases, whose modules load after the services (coldplug::deferred).
     cpu_aliases: Vec<String>,
+    /// The RTC was before the build time: the clock is surely wrong, and the boot waits for SNTP.
+    clock_raised: bool,
     fallback: Vec<ferry_contract::userdata::Entry>,
     sup: Supervisor,
 }
@@ -49,13 +51,14 @@ pub const PHASES: &[Phase] = &[
     Phase { name: "mounts", on_error: OnError::Rescue, run: early_mounts },
     Phase { name: "cmdline", on_error: OnError::Rescue, run: read_cmdline },
     Phase { name: "modules", on_error: OnError::Continue, run: modules },
-    Phase { name: "clock", on_error: OnError::Continue, run: |_| clock::apply_floor().map(|note| log::line(&note)) },
+    Phase { name: "clock", on_error: OnError::Continue, run: clock_floor },
     // The disk comes before the network so the persisted hostname is the one DHCP announces.
     Phase { name: "disk", on_error: OnError::Continue, run: data_disk },
     // As soon as /var/lib/docker is where it stays: containerd starts while the network and clock settle.
     Phase { name: "containerd", on_error: OnError::Continue, run: |_| containerd::start().map(|s| log::line(&s)) },
     Phase { name: "network", on_error: OnError::Continue, run: network },
-    // Before the engine makes or checks certificates: SNTP (a few seconds at most), then the RTC witness.
+    // SNTP in the clock's thread: the boot waits for it only when the RTC was before the build; the
+    // engine manager waits for its word (CLOCK_CHECKED) before it makes certificates.
     Phase { name: "time", on_error: OnError::Continue, run: time },
     Phase { name: "userdata", on_error: OnError::Continue, run: |b| provision::run(b.persistent, &b.fallback).map(|s| log::line(&s)) },
     // Before the engine, so containers started at boot see the host's folders.
@@ -153,11 +156,36 @@ fn network(b: &mut Boot) -> Result<(), Error> {
     network::setup(&hostname, chosen, &b.cmdline.ip)
 }
 
+fn clock_floor(b: &mut Boot) -> Result<(), Error> {
+    let floor = clock::apply_floor()?;
+    log::line(&floor.note);
+    b.clock_raised = floor.raised;
+    Ok(())
+}
+
+/// How long the boot's SNTP attempt may take.
+const SNTP_AT_BOOT: Duration = Duration::from_secs(3);
+
 fn time(b: &mut Boot) -> Result<(), Error> {
     let dhcp = timesync::DHCP_NTP.lock().map(|v| v.clone()).unwrap_or_default();
     let mut sync = timesync::Sync::new(timesync::pick(&dhcp, timesync::profile_ntp_server().as_deref(), b.cmdline.ntpserver.as_deref()));
-    sync.at_boot(Duration::from_secs(3));
-    std::thread::spawn(move || sync.run());
+    let (done, outcome) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        sync.at_boot(SNTP_AT_BOOT, done);
+        sync.run()
+    });
+    if !b.clock_raised {
+        // The RTC (under a hypervisor, the host's clock) is believed meanwhile; a wrong one is stepped when
+        // SNTP answers, and nothing before the engine's certificates depends on the exact time.
+        log::line("clock: the RTC's time is after the build; SNTP checks it in the background");
+        return Ok(());
+    }
+    // A clock raised to the build time is surely behind: bootsync.sh and the engine get SNTP's time if
+    // it comes within the limit.
+    match outcome.recv_timeout(SNTP_AT_BOOT + Duration::from_secs(1)) {
+        Ok(o) => log::line(&format!("clock: the boot waited for SNTP, the RTC being before the build: {o}")),
+        Err(_) => log::warn("clock: no word from SNTP within its limit; going on with the build time"),
+    }
     Ok(())
 }
 

@@ -9,7 +9,7 @@
 //! Servers, first found wins: DHCP option 42; the profile's `NTP_SERVER`; the kernel's `ntpserver=`;
 //! `pool.ntp.org`. An explicitly empty `NTP_SERVER` or `ntpserver=` turns SNTP off (the RTC witness stays).
 use crate::{log, sntp};
-use ferry_contract::paths::PROFILE;
+use ferry_contract::paths::{self, PROFILE};
 use std::net::Ipv4Addr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -179,7 +179,11 @@ impl Sync {
     fn sntp_step(&mut self, limit: Duration, why: &str) -> bool {
         let Servers::Use(list, _) = &self.servers else { return false };
         let r = ask(list, limit);
-        self.apply(r, why)
+        let answered = self.apply(r, why);
+        if answered {
+            self.learn_rtc();
+        }
+        answered
     }
 
     fn apply(&mut self, r: Result<(String, sntp::Sample), String>, why: &str) -> bool {
@@ -198,7 +202,6 @@ impl Sync {
                 } else if why == "boot" {
                     log::line(&format!("clock: SNTP {server} ({why}): offset {}; clock already right", fmt_offset(s.offset)));
                 }
-                self.learn_rtc();
                 true
             }
             Err(e) => {
@@ -216,25 +219,50 @@ impl Sync {
         }
     }
 
-    /// At boot, right before the certificates: at most `limit` for SNTP, then the RTC witness.
-    pub fn at_boot(&mut self, limit: Duration) {
-        match &self.servers {
-            Servers::Off(why) => log::line(&format!("clock: SNTP off ({why}); following the RTC")),
-            Servers::Use(list, from) => log::line(&format!("clock: SNTP servers {} (from {from})", list.join(" "))),
-        }
-        let Servers::Use(list, _) = &self.servers else { return self.learn_rtc() };
-        // Name lookups can hang far longer than the limit (no DNS yet): ask from a thread and stop waiting.
-        let (tx, rx) = std::sync::mpsc::channel();
-        let list = list.clone();
-        std::thread::spawn(move || {
-            let _ = tx.send(ask(&list, limit));
-        });
-        let r = rx.recv_timeout(limit + Duration::from_millis(500)).unwrap_or_else(|_| Err(format!("nothing within {}s", limit.as_secs())));
-        if !self.apply(r, "boot") {
-            self.learn_rtc();
-        }
+    /// At boot, in the clock's own thread: at most `limit` for SNTP; then the outcome goes to `done` (the
+    /// boot waits on it only when the RTC was before the build) and into `CLOCK_CHECKED` (the engine
+    /// manager waits on that before it makes certificates); then the RTC witness is learnt, which can
+    /// take a second of waiting for its tick and holds up nobody.
+    pub fn at_boot(&mut self, limit: Duration, done: std::sync::mpsc::Sender<String>) {
+        let outcome = match &self.servers {
+            Servers::Off(why) => {
+                log::line(&format!("clock: SNTP off ({why}); following the RTC"));
+                "SNTP off".to_string()
+            }
+            Servers::Use(list, from) => {
+                log::line(&format!("clock: SNTP servers {} (from {from})", list.join(" ")));
+                // Name lookups can hang far longer than the limit (no DNS yet): ask from a thread and stop waiting.
+                let (tx, rx) = std::sync::mpsc::channel();
+                let list = list.clone();
+                std::thread::spawn(move || {
+                    let _ = tx.send(ask(&list, limit));
+                });
+                let r = rx
+                    .recv_timeout(limit + Duration::from_millis(500))
+                    .unwrap_or_else(|_| Err(format!("nothing within {}s", limit.as_secs())));
+                let outcome = match &r {
+                    Ok((server, _)) => format!("SNTP {server} answered"),
+                    Err(_) => "no SNTP answer; the RTC's time".to_string(),
+                };
+                self.apply(r, "boot");
+                outcome
+            }
+        };
+        mark_checked(&outcome);
+        let _ = done.send(outcome);
+        self.learn_rtc();
     }
+}
 
+/// Tell the engine manager the boot's clock check is over (`outcome` says how it went).
+fn mark_checked(outcome: &str) {
+    let done = std::fs::create_dir_all(paths::RUN_DIR).and_then(|_| std::fs::write(paths::CLOCK_CHECKED, format!("{outcome}\n")));
+    if let Err(e) = done {
+        log::warn(&format!("clock: cannot write {}: {e}; the engine waits its limit before making certificates", paths::CLOCK_CHECKED));
+    }
+}
+
+impl Sync {
     /// Forever: every 5 s compare with the RTC; every 15 minutes (and after a jump) ask SNTP.
     pub fn run(mut self) -> ! {
         let mut last_sntp = Instant::now();

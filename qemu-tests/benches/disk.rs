@@ -33,6 +33,8 @@ fn boot(m: &Machine) -> (f64, f64) {
 }
 
 fn main() {
+    // Like the test suites: no guest traffic leaves this machine (SNTP off, QEMU's network restricted).
+    isolate_guests();
     let home = std::env::temp_dir().join(format!("ferry-bench-disk-{}", std::process::id()));
     std::env::set_var("FERRY_HOME", &home);
     let _guard = KillGuard { home: home.clone() };

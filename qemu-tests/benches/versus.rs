@@ -53,6 +53,8 @@ struct Figures {
 }
 
 fn main() {
+    // Like the test suites: no guest traffic leaves this machine (SNTP off, QEMU's network restricted).
+    isolate_guests();
     let out = out_dir();
     let vmlinuz = out.join("vmlinuz");
     let kver = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(out.join("manifest.json")).unwrap_or_default())

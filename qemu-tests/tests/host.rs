@@ -2,7 +2,8 @@
 //! folders (the home by default, `--share`, read-only, ownership, remembered across a restart), published
 //! ports on the host's 127.0.0.1 (TCP and UDP, taken ports, removal, after a restart), and the clock (SNTP
 //! from a server on the host's loopback, reached at 10.0.2.2; a 2-minute pause; an RTC years off and the
-//! generated certificate's notBefore). Two boots of one machine plus one boot of a second.
+//! generated certificate's notBefore; an RTC two days ahead, which the boot does not wait on). Two boots
+//! of one machine plus one boot each of two others.
 use ferry_builder::machine::Machine;
 use qemu_tests::*;
 use std::io::{BufRead, BufReader, Write};
@@ -16,7 +17,7 @@ const HOST_UID: u32 = 1000;
 
 fn main() {
     isolate_guests();
-    let cases = Cases::from_args("host", &["accel", "shares-ports-clock", "rtc"]);
+    let cases = Cases::from_args("host", &["accel", "shares-ports-clock", "rtc", "rtc-ahead"]);
     let mut r = Report::default();
     println!("host: host integration under QEMU, ferry = {}", ferry_bin().display());
     let base = std::env::temp_dir().join(format!("ferry-host-{}", std::process::id()));
@@ -35,6 +36,7 @@ fn main() {
     };
     cases.run("shares-ports-clock", || shares_ports_clock(&mut r, &base, &fhome, sntp.as_ref()));
     cases.run("rtc", || rtc_boot(&mut r, &fhome));
+    cases.run("rtc-ahead", || rtc_ahead_boot(&mut r, &fhome));
     drop(sntp);
     let _ = std::fs::remove_dir_all(&base);
     cases.finish(r);
@@ -307,7 +309,7 @@ fn shares_ports_clock(r: &mut Report, base: &Path, fhome: &Path, sntp: Option<&S
 
     // The clock.
     r.check(
-        "boot: SNTP at 10.0.2.2 before the engine; the unreachable server is named",
+        "boot: SNTP at 10.0.2.2 asked at boot; the unreachable server is named",
         (|| {
             let c = console(&m);
             text_has(&c, &["clock: SNTP servers 10.0.2.2:124 10.0.2.2 (from ntpserver=", "clock: SNTP 10.0.2.2 (boot)", "10.0.2.2:124"])?;
@@ -610,25 +612,7 @@ fn rtc_boot(r: &mut Report, fhome: &Path) {
             before(&c, "clock: SNTP 10.0.2.2 (boot)", "generated a CA")
         })(),
     );
-    r.check(
-        "... and the generated server certificate's notBefore is the host's time (less the hour of slack)",
-        (|| {
-            let p = m.ports().map_err(|e| e.to_string())?;
-            let script = format!("openssl s_client -connect 127.0.0.1:{} </dev/null 2>/dev/null | openssl x509 -noout -startdate", p.api);
-            let o = run(Command::new("sh").args(["-c", &script]), None, MIN)?;
-            let date = o.trim().strip_prefix("notBefore=").ok_or(format!("openssl said {o:?}"))?.to_string();
-            let secs: f64 = run(Command::new("date").args(["-u", "-d", &date, "+%s"]), None, MIN)?
-                .trim()
-                .parse()
-                .map_err(|_| format!("date {date:?}"))?;
-            let off = secs + 3600.0 - now();
-            if off.abs() < 600.0 {
-                Ok(format!("notBefore {date} ({off:+.0}s from the host's time less 1 h)"))
-            } else {
-                Err(format!("notBefore {date}: {off:+.0}s from the host's time less 1 h"))
-            }
-        })(),
-    );
+    r.check("... and the generated server certificate's notBefore is the host's time (less the hour of slack)", not_before_is_now(&m));
     let ssh = |cmd: &str| ferry(fhome, &["ssh", "oldrtc", "--", cmd], 2 * MIN);
     r.check(
         "three NICs: two DHCP leases and the fixed ip= address",
@@ -693,22 +677,133 @@ fn rtc_boot(r: &mut Report, fhome: &Path) {
     let _ = ferry(fhome, &["stop", "oldrtc"], 3 * MIN);
 }
 
-/// An SNTP server on the host's 127.0.0.1:123 (the guest's 10.0.2.2:123 under QEMU's user network),
-/// answering with the host's clock.
+/// The server certificate on the machine's forwarded 2376 was dated by the host's clock: notBefore is now
+/// less the engine's hour of slack.
+fn not_before_is_now(m: &Machine) -> Result<String, String> {
+    let p = m.ports().map_err(|e| e.to_string())?;
+    let script = format!("openssl s_client -connect 127.0.0.1:{} </dev/null 2>/dev/null | openssl x509 -noout -startdate", p.api);
+    let o = run(Command::new("sh").args(["-c", &script]), None, MIN)?;
+    let date = o.trim().strip_prefix("notBefore=").ok_or(format!("openssl said {o:?}"))?.to_string();
+    let secs: f64 =
+        run(Command::new("date").args(["-u", "-d", &date, "+%s"]), None, MIN)?.trim().parse().map_err(|_| format!("date {date:?}"))?;
+    let off = secs + 3600.0 - now();
+    if off.abs() < 600.0 {
+        Ok(format!("notBefore {date} ({off:+.0}s from the host's time less 1 h)"))
+    } else {
+        Err(format!("notBefore {date}: {off:+.0}s from the host's time less 1 h"))
+    }
+}
+
+/// Boot 4: an RTC two days ahead (a bare-metal RTC kept in local time, or set by hand). It is after the
+/// build, so the boot does not wait for SNTP; a slow SNTP server (its first answer comes after the guest's
+/// 2 s retry) steps the clock back in the background, and the engine manager waits for PID 1's word that
+/// the clock was checked before it makes the certificates, so they are dated by the right clock.
+fn rtc_ahead_boot(r: &mut Report, fhome: &Path) {
+    use ferry_contract::userdata;
+    let sntp = match SntpServer::on(125, true) {
+        Ok(s) => s,
+        Err(e) => {
+            r.check("a slow SNTP server on the host's 127.0.0.1:125", Err(e));
+            return;
+        }
+    };
+    let ahead = format!("@{}", now() as i64 + 2 * 86400);
+    let base = match run(Command::new("date").args(["-u", "-d", &ahead, "+%Y-%m-%dT%H:%M:%S"]), None, MIN) {
+        Ok(b) => b.trim().to_string(),
+        Err(e) => {
+            r.check("RTC ahead: the host's date two days on", Err(e));
+            return;
+        }
+    };
+    std::env::set_var("FERRY_HOME", fhome);
+    std::env::set_var("FERRY_NET_RESTRICT", "0");
+    std::env::set_var("FERRY_APPEND", "ntpserver=10.0.2.2:125");
+    std::env::set_var("FERRY_QEMU_ARGS", format!("-rtc base={base}"));
+    let started = (|| -> Result<Machine, String> {
+        let m = Machine::named("aheadrtc").map_err(|e| e.to_string())?;
+        m.create(None).map_err(|e| e.to_string())?;
+        let key = std::fs::read(m.path("id_ed25519.pub")).map_err(|e| e.to_string())?;
+        std::fs::write(m.path("userdata.tar"), userdata::write(&[userdata::file(".ssh/authorized_keys", 0o644, key)]))
+            .map_err(|e| e.to_string())?;
+        m.launch(&out_dir(), "console=ttyS0,115200 quiet panic=-1 ferry.hostname=aheadrtc")
+            .map_err(|e| e.to_string())?
+            .start()
+            .map_err(|e| e.to_string())?;
+        Ok(m)
+    })();
+    for k in ["FERRY_NET_RESTRICT", "FERRY_APPEND", "FERRY_QEMU_ARGS"] {
+        std::env::remove_var(k);
+    }
+    isolate_guests();
+    let m = match started {
+        Ok(m) => m,
+        Err(e) => {
+            r.check("RTC ahead: QEMU starts", Err(e));
+            return;
+        }
+    };
+    if let Err(e) = wait_console(&m, "engine ready", 10 * MIN) {
+        r.check("RTC ahead: the engine comes up", Err(e));
+        kill_qemu(&m.path("qemu.pid"));
+        return;
+    }
+    r.check(
+        "RTC two days ahead: the boot goes on while SNTP steps the clock back, before the certificates are made",
+        (|| {
+            let c = console(&m);
+            text_has(
+                &c,
+                &[
+                    "clock: the RTC's time is after the build; SNTP checks it in the background",
+                    "clock: SNTP 10.0.2.2:125 (boot): offset -17",
+                    "stepped",
+                    "generated a CA",
+                ],
+            )?;
+            before(&c, "clock: SNTP 10.0.2.2:125 (boot)", "generated a CA")?;
+            // Whether the engine had to wait depends on who got there first; say which.
+            Ok(c.lines()
+                .find(|l| l.contains("for the boot's clock check"))
+                .unwrap_or("the clock check was over before the engine asked")
+                .to_string())
+        })(),
+    );
+    r.check("... and the generated server certificate's notBefore is the host's time (less the hour of slack)", not_before_is_now(&m));
+    r.check(
+        "... and the docker CLI in the VM trusts it over mTLS (a certificate dated ahead would not be valid yet)",
+        ferry(fhome, &["ssh", "aheadrtc", "--", "DOCKER_HOST=tcp://127.0.0.1:2376 DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH=$HOME/.docker docker version --format '{{.Server.Version}}'"], 2 * MIN)
+            .and_then(|o| if o.trim().starts_with("26.") { Ok(o.trim().to_string()) } else { Err(o) }),
+    );
+    println!("note: the slow SNTP server answered {} request(s)", sntp.answered());
+    let _ = ferry(fhome, &["stop", "aheadrtc"], 3 * MIN);
+}
+
+/// An SNTP server on the host's 127.0.0.1:`port` (the guest's 10.0.2.2:`port` under QEMU's user
+/// network), answering with the host's clock; with `slow`, it ignores every other request, so the
+/// guest's first try times out (2 s) and its next one is answered.
 struct SntpServer {
     count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl SntpServer {
     fn start() -> Result<SntpServer, String> {
-        let s =
-            UdpSocket::bind("127.0.0.1:123").map_err(|e| format!("bind 127.0.0.1:123 (is an NTP server running on this host?): {e}"))?;
+        Self::on(123, false)
+    }
+
+    fn on(port: u16, slow: bool) -> Result<SntpServer, String> {
+        let s = UdpSocket::bind(("127.0.0.1", port))
+            .map_err(|e| format!("bind 127.0.0.1:{port} (is an NTP server running on this host?): {e}"))?;
         let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let c = count.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 512];
+            let mut seen = 0u64;
             while let Ok((n, from)) = s.recv_from(&mut buf) {
                 if n < 48 {
+                    continue;
+                }
+                seen += 1;
+                if slow && seen % 2 == 1 {
                     continue;
                 }
                 let recv = ntp(now());
