@@ -563,7 +563,6 @@ fn accel_checks(r: &mut Report, base: &Path) {
 /// the second DHCP one cannot be (libslirp's restricted DHCP answers carry no router and no DNS server),
 /// which is why boot waits for eth0's lease before SNTP: its default route must not go out through eth1.
 fn rtc_boot(r: &mut Report, fhome: &Path) {
-    use ferry_contract::userdata;
     std::env::set_var("FERRY_HOME", fhome);
     std::env::set_var("FERRY_NET_RESTRICT", "0");
     std::env::set_var("FERRY_APPEND", "ntpserver=10.0.2.2 ip=10.0.9.50::10.0.9.2:255.255.255.0::eth2:off ip=300.1.1.1::::::off");
@@ -571,34 +570,7 @@ fn rtc_boot(r: &mut Report, fhome: &Path) {
         "FERRY_QEMU_ARGS",
         "-rtc base=2020-06-01T00:00:00 -netdev user,id=n1,net=192.168.56.0/24 -device virtio-net-pci,netdev=n1 -netdev user,id=n2,net=10.0.9.0/24,restrict=on -device virtio-net-pci,netdev=n2",
     );
-    let started = (|| -> Result<Machine, String> {
-        let m = Machine::named("oldrtc").map_err(|e| e.to_string())?;
-        m.create(None).map_err(|e| e.to_string())?;
-        let key = std::fs::read(m.path("id_ed25519.pub")).map_err(|e| e.to_string())?;
-        std::fs::write(m.path("userdata.tar"), userdata::write(&[userdata::file(".ssh/authorized_keys", 0o644, key)]))
-            .map_err(|e| e.to_string())?;
-        m.launch(&out_dir(), "console=ttyS0,115200 quiet panic=-1 ferry.hostname=oldrtc")
-            .map_err(|e| e.to_string())?
-            .start()
-            .map_err(|e| e.to_string())?;
-        Ok(m)
-    })();
-    for k in ["FERRY_NET_RESTRICT", "FERRY_APPEND", "FERRY_QEMU_ARGS"] {
-        std::env::remove_var(k);
-    }
-    isolate_guests();
-    let m = match started {
-        Ok(m) => m,
-        Err(e) => {
-            r.check("RTC years off: QEMU starts", Err(e));
-            return;
-        }
-    };
-    if let Err(e) = wait_console(&m, "engine ready", 10 * MIN) {
-        r.check("RTC years off: the engine comes up", Err(e));
-        kill_qemu(&m.path("qemu.pid"));
-        return;
-    }
+    let Some(m) = boot_for_clock(r, "oldrtc", "RTC years off") else { return };
     r.check(
         "RTC years off: SNTP steps the clock at boot, before the certificates are made",
         (|| {
@@ -677,6 +649,42 @@ fn rtc_boot(r: &mut Report, fhome: &Path) {
     let _ = ferry(fhome, &["stop", "oldrtc"], 3 * MIN);
 }
 
+/// Boot machine `name` with only an SSH key in its userdata (so the engine generates its certificates),
+/// under the FERRY_* settings the caller set for this boot, which are cleared afterwards; wait for the
+/// engine. A failure is one check named after `label`, and None.
+fn boot_for_clock(r: &mut Report, name: &str, label: &str) -> Option<Machine> {
+    use ferry_contract::userdata;
+    let started = (|| -> Result<Machine, String> {
+        let m = Machine::named(name).map_err(|e| e.to_string())?;
+        m.create(None).map_err(|e| e.to_string())?;
+        let key = std::fs::read(m.path("id_ed25519.pub")).map_err(|e| e.to_string())?;
+        std::fs::write(m.path("userdata.tar"), userdata::write(&[userdata::file(".ssh/authorized_keys", 0o644, key)]))
+            .map_err(|e| e.to_string())?;
+        m.launch(&out_dir(), &format!("console=ttyS0,115200 quiet panic=-1 ferry.hostname={name}"))
+            .map_err(|e| e.to_string())?
+            .start()
+            .map_err(|e| e.to_string())?;
+        Ok(m)
+    })();
+    for k in ["FERRY_NET_RESTRICT", "FERRY_APPEND", "FERRY_QEMU_ARGS"] {
+        std::env::remove_var(k);
+    }
+    isolate_guests();
+    let m = match started {
+        Ok(m) => m,
+        Err(e) => {
+            r.check(&format!("{label}: QEMU starts"), Err(e));
+            return None;
+        }
+    };
+    if let Err(e) = wait_console(&m, "engine ready", 10 * MIN) {
+        r.check(&format!("{label}: the engine comes up"), Err(e));
+        kill_qemu(&m.path("qemu.pid"));
+        return None;
+    }
+    Some(m)
+}
+
 /// The server certificate on the machine's forwarded 2376 was dated by the host's clock: notBefore is now
 /// less the engine's hour of slack.
 fn not_before_is_now(m: &Machine) -> Result<String, String> {
@@ -699,7 +707,6 @@ fn not_before_is_now(m: &Machine) -> Result<String, String> {
 /// 2 s retry) steps the clock back in the background, and the engine manager waits for PID 1's word that
 /// the clock was checked before it makes the certificates, so they are dated by the right clock.
 fn rtc_ahead_boot(r: &mut Report, fhome: &Path) {
-    use ferry_contract::userdata;
     let sntp = match SntpServer::on(125, true) {
         Ok(s) => s,
         Err(e) => {
@@ -719,34 +726,7 @@ fn rtc_ahead_boot(r: &mut Report, fhome: &Path) {
     std::env::set_var("FERRY_NET_RESTRICT", "0");
     std::env::set_var("FERRY_APPEND", "ntpserver=10.0.2.2:125");
     std::env::set_var("FERRY_QEMU_ARGS", format!("-rtc base={base}"));
-    let started = (|| -> Result<Machine, String> {
-        let m = Machine::named("aheadrtc").map_err(|e| e.to_string())?;
-        m.create(None).map_err(|e| e.to_string())?;
-        let key = std::fs::read(m.path("id_ed25519.pub")).map_err(|e| e.to_string())?;
-        std::fs::write(m.path("userdata.tar"), userdata::write(&[userdata::file(".ssh/authorized_keys", 0o644, key)]))
-            .map_err(|e| e.to_string())?;
-        m.launch(&out_dir(), "console=ttyS0,115200 quiet panic=-1 ferry.hostname=aheadrtc")
-            .map_err(|e| e.to_string())?
-            .start()
-            .map_err(|e| e.to_string())?;
-        Ok(m)
-    })();
-    for k in ["FERRY_NET_RESTRICT", "FERRY_APPEND", "FERRY_QEMU_ARGS"] {
-        std::env::remove_var(k);
-    }
-    isolate_guests();
-    let m = match started {
-        Ok(m) => m,
-        Err(e) => {
-            r.check("RTC ahead: QEMU starts", Err(e));
-            return;
-        }
-    };
-    if let Err(e) = wait_console(&m, "engine ready", 10 * MIN) {
-        r.check("RTC ahead: the engine comes up", Err(e));
-        kill_qemu(&m.path("qemu.pid"));
-        return;
-    }
+    let Some(m) = boot_for_clock(r, "aheadrtc", "RTC ahead") else { return };
     r.check(
         "RTC two days ahead: the boot goes on while SNTP steps the clock back, before the certificates are made",
         (|| {
