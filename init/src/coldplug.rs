@@ -1,6 +1,6 @@
 //! Device coldplug (walk /sys/devices for modalias files) and hotplug (kernel uevent netlink socket).
 use crate::kmod::ModDb;
-use crate::{log, sys};
+use crate::{later, log, sys};
 use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -114,6 +114,7 @@ pub fn coldplug(db: &ModDb) -> Report {
 /// Load the modules for `aliases` (coldplug's deferred ones), in a thread at the lowest priority.
 pub fn load_later(db: ModDb, aliases: Vec<String>) {
     sys::lowest_priority_for_this_thread();
+    let waited = later::after_engine();
     let t = Instant::now();
     let mut loaded = 0;
     for alias in &aliases {
@@ -124,7 +125,11 @@ pub fn load_later(db: ModDb, aliases: Vec<String>) {
             }
         }
     }
-    log::line(&format!("modules: {loaded} for the CPU's features loaded after the services in {:.2}s", t.elapsed().as_secs_f64()));
+    log::line(&format!(
+        "modules: {loaded} for the CPU's features loaded after the services in {:.2}s (begun {:.1}s after them, once the engine answered)",
+        t.elapsed().as_secs_f64(),
+        waited.as_secs_f64()
+    ));
 }
 
 /// Listen for hot-plugged devices and load their modules, forever (runs in its own thread).

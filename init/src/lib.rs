@@ -14,6 +14,7 @@ pub mod guest_tools;
 pub mod hooks;
 pub mod ipconfig;
 pub mod kmod;
+pub mod later;
 pub mod log;
 pub mod loopdev;
 pub mod mbr;

@@ -5,7 +5,7 @@
 //! LOOP_CHANGE_FD; the kernel then frees the RAM copy. Mounts on the device carry on untouched: the bytes
 //! are the same. No data disk, too little room, or any error: the root stays in RAM, as before.
 use crate::error::{Context, Error, Result};
-use crate::{log, loopdev, sys};
+use crate::{later, log, loopdev, sys};
 use ferry_contract::paths::{ROOT_IMAGE, ROOT_IMAGE_COPY, ROOT_IMAGE_MOUNT as IMAGE_MOUNT};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -38,14 +38,16 @@ pub enum Made {
 /// The background job: runs after the services phase when the data disk is mounted.
 pub fn thread() {
     sys::lowest_priority_for_this_thread();
+    let waited = later::after_engine();
     let t = Instant::now();
     match move_root() {
         Ok(Some((made, mib))) => {
             ON_DISK.store(true, Ordering::Relaxed);
             let how = if made == Made::Reused { "the copy on the data disk matched" } else { "copied to the data disk and verified" };
             log::line(&format!(
-                "[root] image moved off RAM in {:.2}s: {how}; {mib} MiB of RAM freed ({ROOT_IMAGE_COPY})",
-                t.elapsed().as_secs_f64()
+                "[root] image moved off RAM in {:.2}s (begun {:.1}s after the services, once the engine answered): {how}; {mib} MiB of RAM freed ({ROOT_IMAGE_COPY})",
+                t.elapsed().as_secs_f64(),
+                waited.as_secs_f64()
             ));
         }
         Ok(None) => {}

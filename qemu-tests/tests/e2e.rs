@@ -255,9 +255,9 @@ fn normal_boot(r: &mut Report, home: &Path) {
         })(),
     );
     // init/src/coldplug.rs: the CPU's alias (checksum and cipher acceleration, kvm) is served after the
-    // services start, off the boot's path.
+    // services start, off the boot's path, once the engine answered (init/src/later.rs).
     r.check(
-        "the CPU's modules (aesni_intel, crc32_pclmul) load after the services, not during coldplug",
+        "the CPU's modules (aesni_intel, crc32_pclmul) load after the engine answered, not during coldplug",
         (|| {
             let loaded = retry(2 * MIN, || {
                 let c = console("e2e");
@@ -268,10 +268,11 @@ fn normal_boot(r: &mut Report, home: &Path) {
                     .ok_or_else(|| "no \"for the CPU's features loaded after the services\" line yet".to_string())
             })?;
             let c = console("e2e");
-            let (Some(services), Some(cpu)) = (c.find("[services] done"), c.find(&loaded)) else { return Err(loaded) };
+            let (Some(ready), Some(cpu)) = (c.find("engine ready: dockerd answered"), c.find(&loaded)) else { return Err(loaded) };
             let coldplug = c.lines().find(|l| l.contains("loaded by coldplug")).unwrap_or("");
             let m = ssh("cat /proc/modules")?;
-            if cpu < services
+            if cpu < ready
+                || !loaded.contains("once the engine answered")
                 || !coldplug.contains("the CPU's modules load after the services")
                 || !["aesni_intel", "crc32_pclmul"].iter().all(|x| m.contains(x))
             {
@@ -307,6 +308,13 @@ fn normal_boot(r: &mut Report, home: &Path) {
                     ))
                 }
             })?;
+            // It waits for the engine's first answer (init/src/later.rs), so it does not slow dockerd's start.
+            let c = console("e2e");
+            let moved = c.lines().find(|l| l.contains("[root] image moved off RAM")).unwrap_or("");
+            let ordered = matches!((c.find("engine ready: dockerd answered"), c.find(moved)), (Some(r), Some(m)) if r < m);
+            if !ordered || !moved.contains("once the engine answered") {
+                return Err(format!("the copy did not wait for the engine: {moved}"));
+            }
             let o = ssh(concat!(
                 "d=$(grep ' /run/ferry/image ' /proc/mounts | cut -d' ' -f1); d=${d#/dev/}; ",
                 "cat /sys/block/$d/loop/backing_file; echo $(( $(cat /sys/block/$d/size) * 512 )); ",
