@@ -77,6 +77,8 @@ fn main() {
     println!("kernel-only floor: {:?} s", floors.iter().map(|d| format!("{:.1}", d.as_secs_f64())).collect::<Vec<_>>());
     let peer_tar = peer_root(&kver).unwrap_or_else(|e| fail(&format!("the peer's root: {e}")));
     let tar = busybox_rootfs_tar().unwrap_or_else(|e| fail(&e));
+    // A peer built just now leaves half a gigabyte for the host to write back: not during Ferry's boot.
+    let _ = std::process::Command::new("sync").status();
 
     let native_port = ferry_builder::machine::free_port().unwrap_or_else(|e| fail(&format!("a free port: {e}")));
     let ferry = measure("ferry", &tar, Some(native_port), |m| {
