@@ -126,9 +126,8 @@ pub fn load_later(db: ModDb, aliases: Vec<String>) {
         }
     }
     log::line(&format!(
-        "modules: {loaded} for the CPU's features loaded after the services in {:.2}s (begun {:.1}s after them, once the engine answered)",
-        t.elapsed().as_secs_f64(),
-        waited.as_secs_f64()
+        "modules: {loaded} for the CPU's features loaded after the services in {:.2}s ({waited})",
+        t.elapsed().as_secs_f64()
     ));
 }
 

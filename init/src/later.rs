@@ -9,9 +9,27 @@ use std::time::{Duration, Instant};
 /// The engine may be stopped or failing: the work goes on without it after this.
 pub const ENGINE_WAIT: Duration = Duration::from_secs(120);
 
-/// Wait for the engine's first /_ping answer (at most ENGINE_WAIT); returns how long it waited.
-pub fn after_engine() -> Duration {
-    wait_for(Path::new(ENGINE_READY), ENGINE_WAIT)
+/// How the wait ended, for the work's console line.
+pub struct Waited {
+    pub took: Duration,
+    pub answered: bool,
+}
+
+impl std::fmt::Display for Waited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.took.as_secs_f64();
+        if self.answered {
+            write!(f, "begun {s:.1}s after the services, once the engine answered")
+        } else {
+            write!(f, "begun {s:.0}s after the services with no answer from the engine")
+        }
+    }
+}
+
+/// Wait for the engine's first /_ping answer (at most ENGINE_WAIT).
+pub fn after_engine() -> Waited {
+    let took = wait_for(Path::new(ENGINE_READY), ENGINE_WAIT);
+    Waited { took, answered: Path::new(ENGINE_READY).exists() }
 }
 
 /// Wait until `marker` exists or `limit` has passed; returns the time waited.
@@ -45,5 +63,15 @@ mod tests {
         let waited = wait_for(&marker, Duration::from_millis(600));
         assert!(waited >= Duration::from_millis(600) && waited < Duration::from_secs(5), "absent: the limit, {waited:?}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_line_says_whether_the_engine_answered() {
+        let took = Duration::from_millis(20_400);
+        assert_eq!(Waited { took, answered: true }.to_string(), "begun 20.4s after the services, once the engine answered");
+        assert_eq!(
+            Waited { took: Duration::from_secs(120), answered: false }.to_string(),
+            "begun 120s after the services with no answer from the engine"
+        );
     }
 }

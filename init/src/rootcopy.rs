@@ -45,9 +45,8 @@ pub fn thread() {
             ON_DISK.store(true, Ordering::Relaxed);
             let how = if made == Made::Reused { "the copy on the data disk matched" } else { "copied to the data disk and verified" };
             log::line(&format!(
-                "[root] image moved off RAM in {:.2}s (begun {:.1}s after the services, once the engine answered): {how}; {mib} MiB of RAM freed ({ROOT_IMAGE_COPY})",
-                t.elapsed().as_secs_f64(),
-                waited.as_secs_f64()
+                "[root] image moved off RAM in {:.2}s ({waited}): {how}; {mib} MiB of RAM freed ({ROOT_IMAGE_COPY})",
+                t.elapsed().as_secs_f64()
             ));
         }
         Ok(None) => {}
