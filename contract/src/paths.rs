@@ -43,9 +43,6 @@ pub const ENGINE_SOCK: &str = "/run/ferry/engine.sock";
 /// Written by PID 1 once the boot's SNTP attempt is over (answered, gave up, or off; the file says
 /// which). The engine manager waits for it before it makes certificates, whose dates come from the clock.
 pub const CLOCK_CHECKED: &str = "/run/ferry/clock-checked";
-/// Written by the engine manager once dockerd answers /_ping. PID 1's background work (the root image's
-/// copy, the CPU's modules) waits for it so that it does not take the CPU from the engine's start.
-pub const ENGINE_READY: &str = "/run/ferry/engine-ready";
 
 /// In the initramfs: the compressed root image, and the file that says "this is stage A".
 pub const ROOT_IMAGE: &str = "/rootfs.squashfs";

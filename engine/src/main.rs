@@ -309,14 +309,6 @@ fn log_path() -> PathBuf {
     }
 }
 
-/// Tell PID 1 the engine is up (paths::ENGINE_READY), so its background work starts now.
-async fn mark_ready(owner: owner::Handle) {
-    owner.running().await;
-    if let Err(e) = tokio::fs::write(paths::ENGINE_READY, b"").await {
-        log(&format!("ERROR: {}: {e} (PID 1's background work waits its limit instead)", paths::ENGINE_READY));
-    }
-}
-
 async fn serve() -> i32 {
     // Profile and TLS material first (the front door needs them), then the front door, then dockerd.
     let p = read_profile().await;
@@ -340,7 +332,6 @@ async fn serve() -> i32 {
     // One owner for dockerd (it starts it now); the control socket and SIGTERM send it commands.
     let (owner, handle) = owner::Owner::new(engine, log);
     tokio::spawn(control_server(handle.clone()));
-    tokio::spawn(mark_ready(handle.clone()));
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {

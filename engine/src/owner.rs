@@ -84,14 +84,6 @@ impl Handle {
     pub fn state(&self) -> State {
         self.state.borrow().clone()
     }
-
-    /// Returns once dockerd runs (answered /_ping, or was adopted running); never if the owner ends first.
-    pub async fn running(&self) {
-        let mut s = self.state.clone();
-        if s.wait_for(|s| matches!(s, State::Running(_))).await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
 }
 
 pub struct Owner<D: Daemon> {
@@ -402,20 +394,6 @@ mod tests {
             },
         );
         assert_eq!(seen, ["prepare", "spawn", "stop"]);
-    }
-
-    #[test]
-    fn running_returns_when_dockerd_first_answers() {
-        drive(
-            |f| f.ready_after = Duration::from_secs(2),
-            |h, _| async move {
-                let t = Instant::now();
-                h.running().await;
-                assert!(t.elapsed() >= Duration::from_millis(1500), "returned after {:?}", t.elapsed());
-                assert!(matches!(h.state(), State::Running(_)));
-                assert_eq!(h.send(Command::Shutdown).await.code, 0);
-            },
-        );
     }
 
     #[test]

@@ -83,31 +83,13 @@ pub fn run_bootsync(dir: &str, log_dir: &str, limit: Duration) -> Result<String>
     Ok(format!("{BOOTSYNC} timed out"))
 }
 
-/// Does dockerd answer `GET /_ping` on its socket?
-pub fn engine_answers(socket: &str) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) else { return false };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
-    let _ = s.set_write_timeout(Some(Duration::from_secs(3)));
-    if s.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n").is_err() {
-        return false;
-    }
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head).is_ok() && (head.starts_with(b"HTTP/1.0 200") || head.starts_with(b"HTTP/1.1 200"))
-}
-
 /// The bootlocal.sh thread: wait for the engine (or ENGINE_WAIT), then start the hook and leave it.
 pub fn bootlocal_thread() {
     if !std::path::Path::new(&format!("{DIR}/{BOOTLOCAL}")).is_file() {
         return;
     }
-    let t = Instant::now();
-    while !engine_answers(DOCKER_SOCKET) {
-        if t.elapsed() > ENGINE_WAIT {
-            log::warn(&format!("hooks: the engine has not answered for {}s; starting {BOOTLOCAL} anyway", ENGINE_WAIT.as_secs()));
-            break;
-        }
-        std::thread::sleep(Duration::from_secs(1));
+    if !crate::later::wait_for_engine(DOCKER_SOCKET, ENGINE_WAIT).answered {
+        log::warn(&format!("hooks: the engine has not answered for {}s; starting {BOOTLOCAL} anyway", ENGINE_WAIT.as_secs()));
     }
     match spawn(DIR, BOOTLOCAL, LOG_DIR) {
         Ok(Some(pid)) => log::line(&format!("hooks: {DIR}/{BOOTLOCAL} started (pid {pid}); output in {LOG_DIR}/bootlocal.log")),
@@ -143,10 +125,5 @@ mod tests {
         assert_eq!(run_bootsync(&d, &logs, Duration::from_millis(500)).unwrap(), "bootsync.sh timed out");
         assert!(t.elapsed() < Duration::from_secs(5));
         let _ = std::fs::remove_dir_all(d);
-    }
-
-    #[test]
-    fn no_engine_no_answer() {
-        assert!(!engine_answers("/nonexistent/docker.sock"));
     }
 }
