@@ -90,6 +90,7 @@ pub async fn serve(listener: TcpListener, config: SharedConfig, upstream: PathBu
         tokio::spawn(async move {
             let _permit = permit;
             let _ = tcp.set_nodelay(true);
+            let tcp = crate::readahead::ReadAhead::new(tcp);
             let tls = match handshake(TlsAcceptor::from(cfg), tcp, HANDSHAKE_IDLE, HANDSHAKE_TOTAL).await {
                 Ok(t) => t,
                 Err(r) => return tally.count(&r),
@@ -313,9 +314,9 @@ pub async fn splice<T: AsyncRead + AsyncWrite + Unpin>(client: T, unix: UnixStre
 
 /// Copy until EOF. An EOF without close_notify (UnexpectedEof) counts as a half-close, not an error.
 async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(r: &mut R, w: &mut W) {
-    let mut buf = vec![0u8; 32 * 1024];
+    let mut buf = vec![0u8; PUMP_BUF];
     loop {
-        let n = match r.read(&mut buf).await {
+        let n = match gather(r, &mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
@@ -323,6 +324,33 @@ async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(r: &mut R, w: &mut W)
             return;
         }
     }
+}
+
+/// What one write to the other side carries at most: four TLS records.
+const PUMP_BUF: usize = 64 * 1024;
+
+/// Read what is available now into `buf`, waiting only for the first bytes. A TLS stream hands out one
+/// record (16 KiB at most) per read; gathering the records already received makes one write, and one
+/// wake-up of dockerd, out of several (a `docker load` through the front door spent its time there).
+async fn gather<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::task::Poll;
+    std::future::poll_fn(|cx| {
+        let mut out = tokio::io::ReadBuf::new(buf);
+        loop {
+            let before = out.filled().len();
+            match std::pin::Pin::new(&mut *r).poll_read(cx, &mut out) {
+                // EOF, a full buffer: hand on what there is (EOF comes again on the next read).
+                Poll::Ready(Ok(())) if out.filled().len() == before || out.remaining() == 0 => break,
+                Poll::Ready(Ok(())) => {}
+                // An error or nothing more yet: the bytes gathered so far go first.
+                Poll::Ready(Err(e)) if before == 0 => return Poll::Ready(Err(e)),
+                Poll::Pending if before == 0 => return Poll::Pending,
+                Poll::Ready(Err(_)) | Poll::Pending => break,
+            }
+        }
+        Poll::Ready(Ok(out.filled().len()))
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -355,6 +383,38 @@ mod tests {
             assert!(!raise_legacy_version(&mut l), "{same}");
             assert_eq!(l, same.as_bytes());
         }
+    }
+
+    /// A reader that hands out at most one "record" per read, then has nothing more for now.
+    struct Records {
+        queued: Vec<Vec<u8>>,
+    }
+
+    impl AsyncRead for Records {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            out: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if self.queued.is_empty() {
+                return std::task::Poll::Pending;
+            }
+            let r = self.queued.remove(0);
+            out.put_slice(&r);
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn gather_takes_every_record_already_received_up_to_the_buffer() {
+        let mut r = Records { queued: (0..6u8).map(|i| vec![i; 16 * 1024]).collect() };
+        let mut buf = vec![0u8; PUMP_BUF];
+        assert_eq!(gather(&mut r, &mut buf).await.unwrap(), 64 * 1024, "four records in one piece");
+        assert!(buf[..16 * 1024].iter().all(|&b| b == 0) && buf[48 * 1024..].iter().all(|&b| b == 3));
+        assert_eq!(gather(&mut r, &mut buf).await.unwrap(), 32 * 1024, "the two left; nothing more yet");
+        assert!(buf[..32 * 1024].iter().all(|&b| b == 4 || b == 5));
+        let mut eof: &[u8] = b"";
+        assert_eq!(gather(&mut eof, &mut buf).await.unwrap(), 0, "EOF");
     }
 
     /// Through the real splice: the first request is raised, the body and later bytes pass untouched,

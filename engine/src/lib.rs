@@ -11,3 +11,4 @@ pub mod frontdoor;
 pub mod material;
 pub mod owner;
 pub mod profile;
+pub mod readahead;
